@@ -1,0 +1,38 @@
+"""lanes: named, bounded, cancellation-correct lanes for blocking work and outbound I/O.
+
+Everything that could block the event loop or outlive its owner goes through a lane: blocking
+calls through a :class:`ThreadLane` (or a process lane for GIL-holding CPU work), outbound HTTP
+through an HTTP lane with per-target bulkheads and circuit breakers. Every lane has an owner
+(an ``async with`` block or a nursery) and a frozen ``statistics()`` snapshot.
+"""
+
+from ._errors import (
+    BreakerOpenError as BreakerOpenError,
+    LaneClosedError as LaneClosedError,
+    LaneError as LaneError,
+    LaneFullError as LaneFullError,
+    UpstreamConnectError as UpstreamConnectError,
+    UpstreamError as UpstreamError,
+    UpstreamProtocolError as UpstreamProtocolError,
+    UpstreamStatusError as UpstreamStatusError,
+    UpstreamTimeoutError as UpstreamTimeoutError,
+    WorkerCrashedError as WorkerCrashedError,
+)
+from ._stats import LatencyWindow as LatencyWindow
+from ._thread import ThreadLane as ThreadLane, ThreadLaneStatistics as ThreadLaneStatistics
+
+__all__ = [
+    "BreakerOpenError",
+    "LaneClosedError",
+    "LaneError",
+    "LaneFullError",
+    "LatencyWindow",
+    "ThreadLane",
+    "ThreadLaneStatistics",
+    "UpstreamConnectError",
+    "UpstreamError",
+    "UpstreamProtocolError",
+    "UpstreamStatusError",
+    "UpstreamTimeoutError",
+    "WorkerCrashedError",
+]

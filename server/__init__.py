@@ -1,0 +1,1 @@
+"""trioscribe server: realtime transcription on Trio structured concurrency."""

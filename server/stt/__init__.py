@@ -1,0 +1,1 @@
+"""Speech-to-text providers behind one streaming interface (see :mod:`server.stt.base`)."""
