@@ -6,6 +6,12 @@ through an HTTP lane with per-target bulkheads and circuit breakers. Every lane 
 (an ``async with`` block or a nursery) and a frozen ``statistics()`` snapshot.
 """
 
+from ._breaker import (
+    BreakerPermit as BreakerPermit,
+    BreakerState as BreakerState,
+    BreakerStatistics as BreakerStatistics,
+    CircuitBreaker as CircuitBreaker,
+)
 from ._errors import (
     BreakerOpenError as BreakerOpenError,
     LaneClosedError as LaneClosedError,
@@ -18,15 +24,25 @@ from ._errors import (
     UpstreamTimeoutError as UpstreamTimeoutError,
     WorkerCrashedError as WorkerCrashedError,
 )
+from ._lag import (
+    LoopLagMonitor as LoopLagMonitor,
+    LoopLagStatistics as LoopLagStatistics,
+)
 from ._stats import LatencyWindow as LatencyWindow
 from ._thread import ThreadLane as ThreadLane, ThreadLaneStatistics as ThreadLaneStatistics
 
 __all__ = [
     "BreakerOpenError",
+    "BreakerPermit",
+    "BreakerState",
+    "BreakerStatistics",
+    "CircuitBreaker",
     "LaneClosedError",
     "LaneError",
     "LaneFullError",
     "LatencyWindow",
+    "LoopLagMonitor",
+    "LoopLagStatistics",
     "ThreadLane",
     "ThreadLaneStatistics",
     "UpstreamConnectError",
