@@ -55,7 +55,7 @@ class LoopLagMonitor:
         self.interval_s = interval_s
         self._lags = LatencyWindow()
 
-    async def run(
+    async def run(  # noqa: ASYNC114 -- no project-wide startable list is configured
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> NoReturn:
         """Measure forever; reports started at once.

@@ -26,6 +26,7 @@ def succeed(breaker: CircuitBreaker, times: int = 1) -> None:
 async def test_opens_at_exactly_the_failure_threshold(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
+    await trio.lowlevel.checkpoint()  # in Trio: the breaker reads trio.current_time()
     breaker = CircuitBreaker("t", failure_threshold=3)
     fail(breaker, 2)
     assert breaker.state is BreakerState.CLOSED
@@ -42,6 +43,7 @@ async def test_opens_at_exactly_the_failure_threshold(
 async def test_a_success_resets_the_consecutive_count(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
+    await trio.lowlevel.checkpoint()  # in Trio: the breaker reads trio.current_time()
     breaker = CircuitBreaker("t", failure_threshold=3)
     fail(breaker, 2)
     succeed(breaker)
@@ -53,6 +55,7 @@ async def test_a_success_resets_the_consecutive_count(
 
 
 async def test_context_manager_classifies_exit(autojump_clock: trio.testing.MockClock) -> None:
+    await trio.lowlevel.checkpoint()  # in Trio: the breaker reads trio.current_time()
     breaker = CircuitBreaker("t", failure_threshold=2)
     with breaker.acquire():
         pass
@@ -136,6 +139,7 @@ async def test_cancellation_never_counts_as_failure(autojump_clock: trio.testing
 
 
 async def test_failure_rate_rule(autojump_clock: trio.testing.MockClock) -> None:
+    await trio.lowlevel.checkpoint()  # in Trio: the breaker reads trio.current_time()
     breaker = CircuitBreaker(
         "t", failure_threshold=100, failure_rate_threshold=0.5, window_size=10, minimum_calls=6
     )
@@ -150,6 +154,7 @@ async def test_failure_rate_rule(autojump_clock: trio.testing.MockClock) -> None
 
 
 async def test_sliding_window_forgets_old_failures(autojump_clock: trio.testing.MockClock) -> None:
+    await trio.lowlevel.checkpoint()  # in Trio: the breaker reads trio.current_time()
     breaker = CircuitBreaker(
         "t", failure_threshold=100, failure_rate_threshold=0.5, window_size=4, minimum_calls=4
     )
@@ -173,6 +178,7 @@ async def test_stale_permit_does_not_move_the_state(autojump_clock: trio.testing
 
 
 async def test_resolving_twice_counts_once(autojump_clock: trio.testing.MockClock) -> None:
+    await trio.lowlevel.checkpoint()  # in Trio: the breaker reads trio.current_time()
     breaker = CircuitBreaker("t")
     permit = breaker.acquire()
     permit.record_failure()
