@@ -28,6 +28,11 @@ from ._lag import (
     LoopLagMonitor as LoopLagMonitor,
     LoopLagStatistics as LoopLagStatistics,
 )
+from ._latest import (
+    LatestSlot as LatestSlot,
+    LatestSlotStatistics as LatestSlotStatistics,
+    start_latest_consumer as start_latest_consumer,
+)
 from ._stats import LatencyWindow as LatencyWindow
 from ._thread import ThreadLane as ThreadLane, ThreadLaneStatistics as ThreadLaneStatistics
 
@@ -41,6 +46,8 @@ __all__ = [
     "LaneError",
     "LaneFullError",
     "LatencyWindow",
+    "LatestSlot",
+    "LatestSlotStatistics",
     "LoopLagMonitor",
     "LoopLagStatistics",
     "ThreadLane",
@@ -51,4 +58,5 @@ __all__ = [
     "UpstreamStatusError",
     "UpstreamTimeoutError",
     "WorkerCrashedError",
+    "start_latest_consumer",
 ]
