@@ -6,6 +6,11 @@ through an HTTP lane with per-target bulkheads and circuit breakers. Every lane 
 (an ``async with`` block or a nursery) and a frozen ``statistics()`` snapshot.
 """
 
+from ._background import (
+    BackgroundGroup as BackgroundGroup,
+    BackgroundGroupStatistics as BackgroundGroupStatistics,
+    open_background_group as open_background_group,
+)
 from ._breaker import (
     BreakerPermit as BreakerPermit,
     BreakerState as BreakerState,
@@ -37,6 +42,8 @@ from ._stats import LatencyWindow as LatencyWindow
 from ._thread import ThreadLane as ThreadLane, ThreadLaneStatistics as ThreadLaneStatistics
 
 __all__ = [
+    "BackgroundGroup",
+    "BackgroundGroupStatistics",
     "BreakerOpenError",
     "BreakerPermit",
     "BreakerState",
@@ -58,5 +65,6 @@ __all__ = [
     "UpstreamStatusError",
     "UpstreamTimeoutError",
     "WorkerCrashedError",
+    "open_background_group",
     "start_latest_consumer",
 ]
