@@ -19,6 +19,8 @@ most specific class below and chained with ``raise X from exc``::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 __all__ = [
     "BreakerOpenError",
     "LaneClosedError",
@@ -106,9 +108,21 @@ class UpstreamStatusError(UpstreamError):
     Attributes:
         status: the HTTP status code.
         retry_after_s: the parsed ``Retry-After`` header in seconds, if any.
+        headers: the response headers (lower-case names), when the lane read them.
+        body: the start of the response body (at most the lane's read limit), when read.
     """
 
-    def __init__(self, target: str, status: int, retry_after_s: float | None = None) -> None:
+    def __init__(
+        self,
+        target: str,
+        status: int,
+        retry_after_s: float | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        body: bytes = b"",
+    ) -> None:
         super().__init__(target, f"HTTP {status}")
         self.status = status
         self.retry_after_s = retry_after_s
+        self.headers: Mapping[str, str] = headers if headers is not None else {}
+        self.body = body
