@@ -29,6 +29,16 @@ from ._errors import (
     UpstreamTimeoutError as UpstreamTimeoutError,
     WorkerCrashedError as WorkerCrashedError,
 )
+from ._http import (
+    HttpLane as HttpLane,
+    HttpLaneSettings as HttpLaneSettings,
+    HttpLaneStatistics as HttpLaneStatistics,
+    HttpResponse as HttpResponse,
+    HttpTargetStatistics as HttpTargetStatistics,
+    open_http_lane as open_http_lane,
+    parse_retry_after as parse_retry_after,
+    target_key as target_key,
+)
 from ._lag import (
     LoopLagMonitor as LoopLagMonitor,
     LoopLagStatistics as LoopLagStatistics,
@@ -49,6 +59,11 @@ __all__ = [
     "BreakerState",
     "BreakerStatistics",
     "CircuitBreaker",
+    "HttpLane",
+    "HttpLaneSettings",
+    "HttpLaneStatistics",
+    "HttpResponse",
+    "HttpTargetStatistics",
     "LaneClosedError",
     "LaneError",
     "LaneFullError",
@@ -66,5 +81,8 @@ __all__ = [
     "UpstreamTimeoutError",
     "WorkerCrashedError",
     "open_background_group",
+    "open_http_lane",
+    "parse_retry_after",
     "start_latest_consumer",
+    "target_key",
 ]

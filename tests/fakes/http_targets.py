@@ -66,6 +66,19 @@ class HttpTargets:
     def __init__(self) -> None:
         self.requests: list[RecordedRequest] = []
         self.port = 0
+        self._arrived = trio.Event()
+
+    def record(self, request: RecordedRequest) -> None:
+        """Remember ``request`` and wake :meth:`wait_for_count` callers."""
+        self.requests.append(request)
+        self._arrived.set()
+        self._arrived = trio.Event()
+
+    async def wait_for_count(self, path: str, count: int) -> None:
+        """Wait until at least ``count`` requests for ``path`` arrived (caller bounds the wait)."""
+        await trio.lowlevel.checkpoint()
+        while self.count(path) < count:
+            await self._arrived.wait()
 
     def url(self, path: str) -> str:
         """Return ``http://127.0.0.1:<port><path>``."""
@@ -76,7 +89,7 @@ class HttpTargets:
         return sum(1 for request in self.requests if request.path == path)
 
 
-async def serve_targets(
+async def serve_targets(  # noqa: ASYNC114 -- no project-wide startable list is configured
     targets: HttpTargets,
     *,
     host: str = "127.0.0.1",
@@ -107,7 +120,7 @@ async def _serve_connection(targets: HttpTargets, stream: trio.abc.Stream) -> No
             request = await _read_request(conn, stream)
             if request is None:
                 return
-            targets.requests.append(request)
+            targets.record(request)
             await _answer(conn, stream, request)
             if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                 return
@@ -121,7 +134,7 @@ async def _serve_connection(targets: HttpTargets, stream: trio.abc.Stream) -> No
 async def _read_request(conn: h11.Connection, stream: trio.abc.Stream) -> RecordedRequest | None:
     head: h11.Request | None = None
     body = bytearray()
-    while True:
+    while True:  # noqa: ASYNC913 -- each turn consumes buffered data or reads more
         event = conn.next_event()
         if event is h11.NEED_DATA:
             conn.receive_data(bytes(await stream.receive_some(READ_CHUNK_BYTES)))
@@ -132,9 +145,9 @@ async def _read_request(conn: h11.Connection, stream: trio.abc.Stream) -> Record
             if len(body) > MAX_REQUEST_BYTES:
                 raise _Abort
         elif isinstance(event, h11.EndOfMessage) and head is not None:
-            return _record(head, bytes(body))
+            return _record(head, bytes(body))  # noqa: ASYNC910 -- h11 read when it needed data
         else:  # ConnectionClosed, PAUSED
-            return None
+            return None  # noqa: ASYNC910 -- as above
 
 
 def _record(head: h11.Request, body: bytes) -> RecordedRequest:
