@@ -29,9 +29,9 @@ async def test_opens_at_exactly_the_failure_threshold(
     await trio.lowlevel.checkpoint()  # in Trio: the breaker reads trio.current_time()
     breaker = CircuitBreaker("t", failure_threshold=3)
     fail(breaker, 2)
-    assert breaker.state is BreakerState.CLOSED
+    assert breaker.statistics().state is BreakerState.CLOSED
     fail(breaker)
-    assert breaker.state is BreakerState.OPEN
+    assert breaker.statistics().state is BreakerState.OPEN
     with pytest.raises(BreakerOpenError) as info:
         breaker.acquire()
     assert info.value.name == "t"
@@ -49,9 +49,9 @@ async def test_a_success_resets_the_consecutive_count(
     succeed(breaker)
     assert breaker.statistics().consecutive_failures == 0
     fail(breaker, 2)
-    assert breaker.state is BreakerState.CLOSED
+    assert breaker.statistics().state is BreakerState.CLOSED
     fail(breaker)
-    assert breaker.state is BreakerState.OPEN
+    assert breaker.statistics().state is BreakerState.OPEN
 
 
 async def test_context_manager_classifies_exit(autojump_clock: trio.testing.MockClock) -> None:
@@ -76,9 +76,9 @@ async def test_half_opens_after_the_open_duration(autojump_clock: trio.testing.M
         breaker.acquire()
     assert info.value.retry_after_s == pytest.approx(20.0)
     await trio.sleep(19.5)
-    assert breaker.state is BreakerState.OPEN
+    assert breaker.statistics().state is BreakerState.OPEN
     await trio.sleep(0.5)
-    assert breaker.state is BreakerState.HALF_OPEN
+    assert breaker.statistics().state is BreakerState.HALF_OPEN
 
 
 async def test_half_open_admits_exactly_k_probes(autojump_clock: trio.testing.MockClock) -> None:
@@ -91,11 +91,11 @@ async def test_half_open_admits_exactly_k_probes(autojump_clock: trio.testing.Mo
         breaker.acquire()
     assert info.value.retry_after_s == 0.0
     first.record_success()
-    assert breaker.state is BreakerState.HALF_OPEN  # needs both probes to succeed
+    assert breaker.statistics().state is BreakerState.HALF_OPEN  # needs both probes to succeed
     with pytest.raises(BreakerOpenError):
         breaker.acquire()  # a finished probe does not free a slot in this period
     second.record_success()
-    assert breaker.state is BreakerState.CLOSED
+    assert breaker.statistics().state is BreakerState.CLOSED
     succeed(breaker, 5)  # closed again: calls flow freely
 
 
@@ -104,7 +104,7 @@ async def test_probe_failure_reopens(autojump_clock: trio.testing.MockClock) -> 
     fail(breaker)
     await trio.sleep(5)
     breaker.acquire().record_failure()
-    assert breaker.state is BreakerState.OPEN
+    assert breaker.statistics().state is BreakerState.OPEN
     assert breaker.statistics().opened_count == 2
     assert breaker.statistics().retry_after_s == pytest.approx(5.0)
 
@@ -121,7 +121,7 @@ async def test_cancelled_probe_releases_its_slot(autojump_clock: trio.testing.Mo
     assert (stats.state, stats.probes_in_flight, stats.ignored) == (BreakerState.HALF_OPEN, 0, 1)
     with breaker.acquire():  # the slot is free again
         pass
-    assert breaker.state is BreakerState.CLOSED
+    assert breaker.statistics().state is BreakerState.CLOSED
 
 
 async def test_cancellation_never_counts_as_failure(autojump_clock: trio.testing.MockClock) -> None:
@@ -146,11 +146,11 @@ async def test_failure_rate_rule(autojump_clock: trio.testing.MockClock) -> None
     for _ in range(2):  # F S F S: rate 50 % but only 4 calls < minimum 6
         fail(breaker)
         succeed(breaker)
-    assert breaker.state is BreakerState.CLOSED
+    assert breaker.statistics().state is BreakerState.CLOSED
     succeed(breaker)  # 2/5
-    assert breaker.state is BreakerState.CLOSED
+    assert breaker.statistics().state is BreakerState.CLOSED
     fail(breaker)  # 3/6 = 50 % with the minimum reached
-    assert breaker.state is BreakerState.OPEN
+    assert breaker.statistics().state is BreakerState.OPEN
 
 
 async def test_sliding_window_forgets_old_failures(autojump_clock: trio.testing.MockClock) -> None:
@@ -162,9 +162,9 @@ async def test_sliding_window_forgets_old_failures(autojump_clock: trio.testing.
     succeed(breaker, 6)  # the failure has slid out of the 4-call window
     assert breaker.statistics().failure_rate == 0.0
     fail(breaker)  # 1/4
-    assert breaker.state is BreakerState.CLOSED
+    assert breaker.statistics().state is BreakerState.CLOSED
     fail(breaker)  # 2/4
-    assert breaker.state is BreakerState.OPEN
+    assert breaker.statistics().state is BreakerState.OPEN
 
 
 async def test_stale_permit_does_not_move_the_state(autojump_clock: trio.testing.MockClock) -> None:
@@ -173,7 +173,7 @@ async def test_stale_permit_does_not_move_the_state(autojump_clock: trio.testing
     fail(breaker)
     await trio.sleep(5)
     slow.record_success()  # a late answer from before the trip is not a probe result
-    assert breaker.state is BreakerState.HALF_OPEN
+    assert breaker.statistics().state is BreakerState.HALF_OPEN
     assert breaker.statistics().successes == 1
 
 

@@ -7,7 +7,9 @@ import email.utils
 import json as jsonlib
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 import httpx
 import pytest
@@ -22,6 +24,7 @@ from lanes import (
     LaneClosedError,
     LaneFullError,
     UpstreamConnectError,
+    UpstreamError,
     UpstreamProtocolError,
     UpstreamStatusError,
     UpstreamTimeoutError,
@@ -192,7 +195,8 @@ async def test_client_closed_after_normal_exit(targets: HttpTargets) -> None:
     with trio.fail_after(NETWORK_DEADLINE_S):
         async with open_http_lane("t") as lane:
             await lane.request("GET", targets.url("/ok"))
-            assert not lane.is_closed
+            closed_inside = lane.is_closed
+    assert not closed_inside
     assert lane.is_closed
     with pytest.raises(LaneClosedError):
         await lane.request("GET", targets.url("/ok"))
@@ -220,11 +224,15 @@ async def test_client_closed_after_cancellation(targets: HttpTargets) -> None:
 # -- MockTransport ----------------------------------------------------------------------------
 
 
-def mock_lane(handler: object, **settings: object) -> object:
+Handler = (
+    Callable[[httpx.Request], httpx.Response]
+    | Callable[[httpx.Request], Coroutine[None, None, httpx.Response]]
+)
+
+
+def mock_lane(handler: Handler, **settings: Any) -> AbstractAsyncContextManager[HttpLane]:
     return open_http_lane(
-        "mock",
-        HttpLaneSettings(**settings),  # type: ignore[arg-type]
-        transport=httpx.MockTransport(handler),  # type: ignore[arg-type]
+        "mock", HttpLaneSettings(**settings), transport=httpx.MockTransport(handler)
     )
 
 
@@ -239,22 +247,22 @@ def mock_lane(handler: object, **settings: object) -> object:
         (httpx.DecodingError("gzip"), UpstreamProtocolError),
     ],
 )
-async def test_httpx_errors_are_mapped_once(exc: Exception, mapped: type[Exception]) -> None:
+async def test_httpx_errors_are_mapped_once(exc: Exception, mapped: type[UpstreamError]) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         raise exc
 
-    async with mock_lane(handler) as lane:  # type: ignore[attr-defined]
+    async with mock_lane(handler) as lane:
         with pytest.raises(mapped) as info:
             await lane.request("GET", "http://upstream.test/a?secret=1")
     assert info.value.__cause__ is exc
-    assert info.value.target == "http://upstream.test:80/a"  # type: ignore[attr-defined]
+    assert info.value.target == "http://upstream.test:80/a"
 
 
 async def test_explicit_target_shares_one_breaker(autojump_clock: trio.testing.MockClock) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(502)
 
-    async with mock_lane(handler, failure_threshold=2) as lane:  # type: ignore[attr-defined]
+    async with mock_lane(handler, failure_threshold=2) as lane:
         for path in ("/a", "/b"):
             with pytest.raises(UpstreamStatusError):
                 await lane.request("POST", f"http://hooks.test{path}", target="app-7")
@@ -269,7 +277,7 @@ async def test_half_open_probe_recovers(autojump_clock: trio.testing.MockClock) 
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200 if healthy else 503)
 
-    async with mock_lane(handler, failure_threshold=1, open_duration_s=30) as lane:  # type: ignore[attr-defined]
+    async with mock_lane(handler, failure_threshold=1, open_duration_s=30) as lane:
         with pytest.raises(UpstreamStatusError):
             await lane.request("GET", "http://t.test/")
         with pytest.raises(BreakerOpenError):
@@ -292,7 +300,7 @@ async def test_cancelled_probe_does_not_wedge_the_target(
             await trio.sleep_forever()
         return httpx.Response(200 if mode == "ok" else 500)
 
-    async with mock_lane(handler, failure_threshold=1, open_duration_s=10) as lane:  # type: ignore[attr-defined]
+    async with mock_lane(handler, failure_threshold=1, open_duration_s=10) as lane:
         with pytest.raises(UpstreamStatusError):
             await lane.request("GET", "http://t.test/")
         await trio.sleep(10)
@@ -309,7 +317,7 @@ async def test_registry_is_bounded_and_evicts_least_recent(
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200)
 
-    async with mock_lane(handler, max_targets=3) as lane:  # type: ignore[attr-defined]
+    async with mock_lane(handler, max_targets=3) as lane:
         for path in ("/1", "/2", "/3", "/1", "/4"):
             await lane.request("GET", f"http://t.test{path}")
         keys = set(lane.statistics().targets)
@@ -320,7 +328,7 @@ async def test_registry_forgets_idle_targets(autojump_clock: trio.testing.MockCl
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200)
 
-    async with mock_lane(handler, target_idle_s=3600) as lane:  # type: ignore[attr-defined]
+    async with mock_lane(handler, target_idle_s=3600) as lane:
         await lane.request("GET", "http://t.test/old")
         await trio.sleep(3000)
         await lane.request("GET", "http://t.test/recent")
@@ -337,7 +345,7 @@ async def test_registry_never_evicts_a_busy_target(autojump_clock: trio.testing.
         await release.wait()
         return httpx.Response(200)
 
-    async with mock_lane(handler, max_targets=1) as lane, trio.open_nursery() as nursery:  # type: ignore[attr-defined]
+    async with mock_lane(handler, max_targets=1) as lane, trio.open_nursery() as nursery:
         nursery.start_soon(lane.request, "GET", "http://t.test/busy")
         await trio.testing.wait_all_tasks_blocked()
         with pytest.raises(LaneFullError):
@@ -355,7 +363,7 @@ async def test_bulkhead_with_no_waiting_sheds_at_once(
         return httpx.Response(200)
 
     settings = {"per_target_concurrency": 1, "per_target_max_waiting": 0}
-    async with mock_lane(handler, **settings) as lane, trio.open_nursery() as nursery:  # type: ignore[attr-defined]
+    async with mock_lane(handler, **settings) as lane, trio.open_nursery() as nursery:
         nursery.start_soon(lane.request, "GET", "http://t.test/")
         await trio.testing.wait_all_tasks_blocked()
         with pytest.raises(LaneFullError):
@@ -366,7 +374,7 @@ async def test_bulkhead_with_no_waiting_sheds_at_once(
 
 
 async def test_rejects_relative_and_non_http_urls() -> None:
-    async with mock_lane(lambda request: httpx.Response(200)) as lane:  # type: ignore[attr-defined]
+    async with mock_lane(lambda request: httpx.Response(200)) as lane:
         for url in ("/relative", "ftp://files.test/x"):
             with pytest.raises(ValueError):
                 await lane.request("GET", url)

@@ -41,7 +41,7 @@ async def test_get_always_checkpoints() -> None:
 
 
 async def test_none_is_a_valid_item() -> None:
-    slot: LatestSlot[None] = LatestSlot()
+    slot: LatestSlot[int | None] = LatestSlot()
     slot.put_nowait(None)
     assert await slot.get() is None
     assert not slot.statistics().pending
