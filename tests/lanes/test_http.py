@@ -393,3 +393,27 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
     future = email.utils.formatdate(time.time() + 120, usegmt=True)
     assert 100 < (parse_retry_after(future) or 0) <= 120
+
+
+async def test_lane_wide_cap_bounds_all_targets(autojump_clock: trio.testing.MockClock) -> None:
+    running = 0
+    peak = 0
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await trio.sleep(1)
+        running -= 1
+        return httpx.Response(200)
+
+    async with mock_lane(handler, max_concurrency=2) as lane, trio.open_nursery() as nursery:
+        for index in range(6):
+            nursery.start_soon(lane.request, "GET", f"http://t{index}.test/")
+        await trio.testing.wait_all_tasks_blocked()
+        assert lane.statistics().in_flight == 6
+    assert peak == 2
+    stats = lane.statistics()
+    assert (stats.succeeded, stats.in_flight) == (6, 0)
+    assert stats.latency_max_s == pytest.approx(1)
+    assert trio.current_time() == pytest.approx(3)
