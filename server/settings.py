@@ -1,0 +1,213 @@
+"""Server settings: one frozen dataclass, filled from flags, then ``TRIOSCRIBE_*`` variables.
+
+Every field name carries its unit (``_s`` seconds, ``_bytes``). Each field's metadata names its
+command-line flag; the environment variable is ``TRIOSCRIBE_`` + the upper-cased field name
+(``graceful_shutdown_s`` -> ``TRIOSCRIBE_GRACEFUL_SHUTDOWN_S``). Flags win over the environment,
+the environment wins over the defaults. Invalid values fail at start with a one-line
+:class:`SettingsError` naming the setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import pathlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+__all__ = [
+    "ENV_PREFIX",
+    "Settings",
+    "SettingsError",
+    "add_arguments",
+    "parse_settings",
+    "settings_from_argv",
+]
+
+ENV_PREFIX: Final = "TRIOSCRIBE_"
+STT_PROVIDERS: Final = ("embedded", "deepgram", "fake")
+VAD_MODES: Final = ("off", "active")
+SUMMARISERS: Final = ("embedded", "openai")
+
+
+class SettingsError(ValueError):
+    """A setting is invalid; the message names it and says why, on one line."""
+
+
+def _opt(help_text: str, *, secret: bool = False) -> Any:
+    return field(metadata={"help": help_text, "secret": secret})
+
+
+def _setting(default: Any, help_text: str, *, secret: bool = False) -> Any:
+    return field(default=default, metadata={"help": help_text, "secret": secret})
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the server can be configured with (see the module docstring for sources)."""
+
+    # -- network and process
+    host: str = _setting("127.0.0.1", "address to listen on")
+    port: int = _setting(8000, "TCP port (0 picks a free one)")
+    data_dir: pathlib.Path = _setting(pathlib.Path("data"), "directory for the SQLite database")
+    graceful_shutdown_s: float = _setting(25.0, "SIGTERM/SIGINT drain deadline (keep < 30 s)")
+    admin_token: str | None = _setting(None, "bearer token for /v1/admin endpoints", secret=True)
+    log_level: str = _setting("INFO", "logging level")
+    # -- HTTP API
+    http_max_body_bytes: int = _setting(1 << 20, "largest accepted HTTP request body")
+    api_rate_per_s: float = _setting(20.0, "sustained API requests per second per user")
+    api_burst: int = _setting(40, "API request burst per user before 429")
+    ticket_ttl_s: float = _setting(60.0, "lifetime of a single-use WebSocket ticket")
+    # -- storage
+    storage_threads: int = _setting(4, "threads in the storage lane")
+    storage_max_waiting: int = _setting(256, "storage calls allowed to queue before 503")
+    # -- listen sessions
+    stt: str = _setting("embedded", "speech-to-text provider: embedded, deepgram or fake")
+    vad: str = _setting("active", "voice activity gate before STT: active or off")
+    max_sessions: int = _setting(200, "server-wide cap on live /v4/listen sessions")
+    max_sessions_per_user: int = _setting(4, "live /v4/listen sessions per user")
+    ws_max_message_bytes: int = _setting(64 * 1024, "largest WebSocket message accepted (1009)")
+    heartbeat_interval_s: float = _setting(10.0, "server 'ping' text frame interval")
+    idle_timeout_s: float = _setting(90.0, "close 1001 after this long without client data")
+    conversation_timeout_s: float = _setting(120.0, "default silence before a conversation ends")
+    sweeper_interval_s: float = _setting(30.0, "how often abandoned conversations are closed")
+    stt_workers: int = _setting(2, "embedded STT worker processes")
+    stt_streams_per_worker: int = _setting(3, "embedded STT streams per worker process")
+    deepgram_url: str = _setting("wss://api.deepgram.com/v1/listen", "Deepgram live URL")
+    deepgram_api_key: str | None = _setting(None, "Deepgram API key", secret=True)
+    # -- processing and webhooks
+    processing_workers: int = _setting(2, "concurrent conversation-processing workers")
+    summariser: str = _setting("embedded", "conversation summariser: embedded or openai")
+    openai_base_url: str = _setting("https://api.openai.com/v1", "OpenAI-compatible API base URL")
+    openai_api_key: str | None = _setting(None, "OpenAI-compatible API key", secret=True)
+    openai_model: str = _setting("gpt-4o-mini", "chat model for summaries")
+    allow_loopback_webhooks: bool = _setting(False, "allow http:// and loopback webhook URLs")
+    webhook_timeout_s: float = _setting(15.0, "per-attempt webhook request timeout")
+    webhook_workers: int = _setting(8, "concurrent durable webhook deliveries")
+    day_summary_hour_utc: int = _setting(20, "hour (UTC) of the daily day_summary (-1: off)")
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    def redacted(self) -> dict[str, object]:
+        """The settings as a dict with secrets masked, safe to log."""
+        out: dict[str, object] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = "***" if f.metadata.get("secret") and value else value
+        return out
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}={v!r}" for k, v in self.redacted().items())
+        return f"Settings({inner})"
+
+
+def _validate(s: Settings) -> None:
+    checks: list[tuple[str, bool, str]] = [
+        ("port", 0 <= s.port <= 65535, "must be between 0 and 65535"),
+        ("graceful_shutdown_s", 0 < s.graceful_shutdown_s <= 3600, "must be in (0, 3600]"),
+        ("stt", s.stt in STT_PROVIDERS, f"must be one of {', '.join(STT_PROVIDERS)}"),
+        ("vad", s.vad in VAD_MODES, f"must be one of {', '.join(VAD_MODES)}"),
+        ("summariser", s.summariser in SUMMARISERS, f"must be one of {', '.join(SUMMARISERS)}"),
+        ("http_max_body_bytes", s.http_max_body_bytes >= 1024, "must be >= 1024"),
+        (
+            "ws_max_message_bytes",
+            1024 <= s.ws_max_message_bytes <= 16 << 20,
+            "must be between 1024 and 16777216",
+        ),
+        ("api_rate_per_s", s.api_rate_per_s > 0, "must be > 0"),
+        ("api_burst", s.api_burst >= 1, "must be >= 1"),
+        ("storage_threads", 1 <= s.storage_threads <= 64, "must be between 1 and 64"),
+        ("storage_max_waiting", s.storage_max_waiting >= 0, "must be >= 0"),
+        ("max_sessions", s.max_sessions >= 1, "must be >= 1"),
+        ("max_sessions_per_user", s.max_sessions_per_user >= 1, "must be >= 1"),
+        ("heartbeat_interval_s", s.heartbeat_interval_s > 0, "must be > 0"),
+        ("idle_timeout_s", s.idle_timeout_s > 0, "must be > 0"),
+        ("conversation_timeout_s", s.conversation_timeout_s > 0, "must be > 0"),
+        ("sweeper_interval_s", s.sweeper_interval_s > 0, "must be > 0"),
+        ("stt_workers", 1 <= s.stt_workers <= 64, "must be between 1 and 64"),
+        ("stt_streams_per_worker", 1 <= s.stt_streams_per_worker <= 64, "must be between 1 and 64"),
+        ("processing_workers", 1 <= s.processing_workers <= 64, "must be between 1 and 64"),
+        ("webhook_workers", 1 <= s.webhook_workers <= 256, "must be between 1 and 256"),
+        ("webhook_timeout_s", 0 < s.webhook_timeout_s <= 120, "must be in (0, 120]"),
+        ("ticket_ttl_s", 0 < s.ticket_ttl_s <= 3600, "must be in (0, 3600]"),
+        ("day_summary_hour_utc", -1 <= s.day_summary_hour_utc <= 23, "must be -1 or 0..23"),
+        (
+            "deepgram_api_key",
+            s.stt != "deepgram" or bool(s.deepgram_api_key),
+            "is required when stt is deepgram",
+        ),
+        (
+            "openai_api_key",
+            s.summariser != "openai" or bool(s.openai_api_key),
+            "is required when summariser is openai",
+        ),
+    ]
+    for name, ok, why in checks:
+        if not ok:
+            raise SettingsError(f"invalid setting {name}: {why} (got {getattr(s, name)!r})")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _convert(f: dataclasses.Field[Any], raw: str) -> object:
+    kind = str(f.type)
+    try:
+        if kind == "bool":
+            lowered = raw.strip().lower()
+            if lowered not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
+                raise ValueError(raw)
+            return lowered in {"1", "true", "yes", "on"}
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "pathlib.Path":
+            return pathlib.Path(raw)
+    except ValueError:
+        raise SettingsError(f"invalid setting {f.name}: cannot parse {raw!r} as {kind}") from None
+    return raw
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one ``--flag`` per settings field to ``parser`` (values stay strings)."""
+    for f in dataclasses.fields(Settings):
+        default = f.default
+        parser.add_argument(
+            _flag(f.name),
+            dest=f.name,
+            default=None,
+            metavar=f.name.upper(),
+            help=f"{f.metadata['help']} (env {ENV_PREFIX}{f.name.upper()}, default {default!r})"
+            if not f.metadata.get("secret")
+            else f"{f.metadata['help']} (env {ENV_PREFIX}{f.name.upper()})",
+        )
+
+
+def parse_settings(
+    args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Build :class:`Settings` from parsed flags and an environment mapping.
+
+    Raises:
+        SettingsError: a value cannot be parsed or is out of range.
+    """
+    environ = environ or {}
+    values: dict[str, object] = {}
+    for f in dataclasses.fields(Settings):
+        raw = getattr(args, f.name, None) if args is not None else None
+        if raw is None:
+            raw = environ.get(ENV_PREFIX + f.name.upper())
+        if raw is not None:
+            values[f.name] = _convert(f, raw) if isinstance(raw, str) else raw
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def settings_from_argv(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
+    """Parse ``argv`` (flags only) and ``environ`` into settings."""
+    parser = argparse.ArgumentParser(prog="python -m server", add_help=True)
+    add_arguments(parser)
+    return parse_settings(parser.parse_args(list(argv)), environ)
