@@ -24,7 +24,7 @@ async def test_reports_a_blocked_loop() -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(monitor.run)
             await trio.sleep(0.005)  # the monitor is asleep now, due in ~5 ms
-            block_the_loop(0.05)
+            block_the_loop(0.1)  # >= 90 ms late whenever it was due inside the block
             await trio.sleep(0.03)  # let it wake (late) and take a few normal samples
             nursery.cancel_scope.cancel()
     stats = monitor.statistics()
