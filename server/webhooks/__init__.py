@@ -1,0 +1,1 @@
+"""Outbound webhooks: Standard Webhooks signing, the SSRF guard, and (elsewhere) delivery."""
