@@ -1,0 +1,380 @@
+"""Conversations and transcript segments: the synchronous SQLite side (storage-lane threads)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Mapping, Sequence
+from typing import Final, cast
+
+from server.store._paging import decode_cursor, encode_cursor
+from server.store._tx import new_id, read_transaction, write_transaction
+from server.store.errors import NotFoundError
+from server.store.models import (
+    CloseOutcome,
+    Conversation,
+    ConversationStatus,
+    Page,
+    SegmentRow,
+)
+from server.store.repository import TransactionHook
+
+__all__ = [
+    "claim_for_processing",
+    "close_conversation",
+    "complete_conversation",
+    "create_conversation",
+    "delete_conversation",
+    "fail_conversation",
+    "find_expired_in_progress",
+    "get_conversation",
+    "get_in_progress",
+    "list_conversations",
+    "reschedule_processing",
+    "save_segments",
+    "update_conversation",
+]
+
+_COLUMNS: Final = (
+    "id, user_id, status, created_at, updated_at, started_at, finished_at, source, language,"
+    " timeout_s, title, overview, emoji, category, structured_json, starred, visibility,"
+    " discarded, failure_reason, processing_attempts, next_attempt_at"
+)
+_SEGMENT_COLUMNS: Final = (
+    "id, conversation_id, idx, text, speaker, speaker_id, is_user, person_id, start_s, end_s,"
+    " stt_provider"
+)
+_UPSERT_SEGMENT: Final = (
+    f"INSERT INTO transcript_segments ({_SEGMENT_COLUMNS})"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (conversation_id, id) DO UPDATE SET idx = excluded.idx,"
+    " text = excluded.text, speaker = excluded.speaker, speaker_id = excluded.speaker_id,"
+    " is_user = excluded.is_user, person_id = excluded.person_id, start_s = excluded.start_s,"
+    " end_s = excluded.end_s, stt_provider = excluded.stt_provider"
+)
+
+
+def _segment(row: sqlite3.Row) -> SegmentRow:
+    values = {key: row[key] for key in row.keys()}
+    values["is_user"] = bool(values["is_user"])
+    return SegmentRow(**values)
+
+
+def _conversation(row: sqlite3.Row, segments: tuple[SegmentRow, ...] = ()) -> Conversation:
+    values = {key: row[key] for key in row.keys() if key != "structured_json"}
+    values["status"] = cast(ConversationStatus, values["status"])
+    values["starred"] = bool(values["starred"])
+    values["discarded"] = bool(values["discarded"])
+    return Conversation(**values, structured=json.loads(row["structured_json"]), segments=segments)
+
+
+def _segments(conn: sqlite3.Connection, conversation_id: str) -> tuple[SegmentRow, ...]:
+    rows = conn.execute(
+        f"SELECT {_SEGMENT_COLUMNS} FROM transcript_segments WHERE conversation_id = ?"
+        " ORDER BY idx, start_s, id",
+        (conversation_id,),
+    )
+    return tuple(_segment(row) for row in rows)
+
+
+def _load(
+    conn: sqlite3.Connection, conversation_id: str, with_segments: bool
+) -> Conversation | None:
+    row = conn.execute(
+        f"SELECT {_COLUMNS} FROM conversations WHERE id = ?", (conversation_id,)
+    ).fetchone()
+    if row is None:
+        return None
+    return _conversation(row, _segments(conn, conversation_id) if with_segments else ())
+
+
+# -- the live conversation ---------------------------------------------------------------------
+
+
+def get_in_progress(conn: sqlite3.Connection, user_id: str) -> Conversation | None:
+    """The user's newest ``in_progress`` conversation, without segments."""
+    row = conn.execute(
+        f"SELECT {_COLUMNS} FROM conversations WHERE user_id = ? AND status = 'in_progress'"
+        " ORDER BY created_at DESC, id DESC LIMIT 1",
+        (user_id,),
+    ).fetchone()
+    return _conversation(row) if row else None
+
+
+def create_conversation(
+    conn: sqlite3.Connection,
+    user_id: str,
+    source: str,
+    language: str,
+    timeout_s: float,
+    now: float,
+) -> Conversation:
+    """Insert a new ``in_progress`` conversation."""
+    conversation = Conversation(
+        id=new_id(),
+        user_id=user_id,
+        status="in_progress",
+        created_at=now,
+        updated_at=now,
+        started_at=None,
+        finished_at=None,
+        source=source,
+        language=language,
+        timeout_s=timeout_s,
+    )
+    with write_transaction(conn):
+        if not conn.execute("SELECT 1 FROM users WHERE id = ?", (user_id,)).fetchone():
+            raise NotFoundError(f"no user {user_id!r}")
+        conn.execute(
+            "INSERT INTO conversations (id, user_id, status, created_at, updated_at, source,"
+            " language, timeout_s) VALUES (?, ?, 'in_progress', ?, ?, ?, ?, ?)",
+            (conversation.id, user_id, now, now, source, language, timeout_s),
+        )
+    return conversation
+
+
+def _segment_values(row: SegmentRow) -> tuple[object, ...]:
+    return (
+        row.id,
+        row.conversation_id,
+        row.idx,
+        row.text,
+        row.speaker,
+        row.speaker_id,
+        int(row.is_user),
+        row.person_id,
+        row.start_s,
+        row.end_s,
+        row.stt_provider,
+    )
+
+
+def _first_speech(upserts: Sequence[SegmentRow], finished_at: float) -> float | None:
+    """Segment times are relative to the first speech and ``finished_at`` is the last speech."""
+    if not upserts:
+        return None
+    return finished_at - max(row.end_s for row in upserts)
+
+
+def save_segments(
+    conn: sqlite3.Connection,
+    conversation_id: str,
+    upserts: Sequence[SegmentRow],
+    removed_ids: Sequence[str],
+    finished_at: float,
+    started_at: float | None,
+) -> None:
+    """Upsert/delete segments, extend ``finished_at``, set ``started_at`` once: one transaction."""
+    first = started_at if started_at is not None else _first_speech(upserts, finished_at)
+    with write_transaction(conn):
+        if not conn.execute(
+            "SELECT 1 FROM conversations WHERE id = ?", (conversation_id,)
+        ).fetchone():
+            raise NotFoundError(f"no conversation {conversation_id!r}")
+        conn.executemany(_UPSERT_SEGMENT, [_segment_values(row) for row in upserts])
+        conn.executemany(
+            "DELETE FROM transcript_segments WHERE conversation_id = ? AND id = ?",
+            [(conversation_id, segment_id) for segment_id in removed_ids],
+        )
+        conn.execute(
+            "UPDATE conversations SET finished_at = MAX(COALESCE(finished_at, :f), :f),"
+            " started_at = COALESCE(started_at, :s), updated_at = MAX(updated_at, :f)"
+            " WHERE id = :id",
+            {"f": finished_at, "s": first, "id": conversation_id},
+        )
+
+
+def close_conversation(conn: sqlite3.Connection, conversation_id: str, now: float) -> CloseOutcome:
+    """``in_progress`` -> ``processing`` (due now), or delete it if it has no segments."""
+    with write_transaction(conn):
+        row = conn.execute(
+            "SELECT status FROM conversations WHERE id = ?", (conversation_id,)
+        ).fetchone()
+        if row is None:
+            return "discarded"
+        if row["status"] != "in_progress":
+            return "processing"
+        spoken = conn.execute(
+            "SELECT 1 FROM transcript_segments WHERE conversation_id = ? LIMIT 1",
+            (conversation_id,),
+        ).fetchone()
+        if not spoken:
+            conn.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
+            return "discarded"
+        conn.execute(
+            "UPDATE conversations SET status = 'processing', next_attempt_at = ?,"
+            " updated_at = MAX(updated_at, ?) WHERE id = ?",
+            (now, now, conversation_id),
+        )
+    return "processing"
+
+
+def find_expired_in_progress(
+    conn: sqlite3.Connection, now: float, limit: int
+) -> list[Conversation]:
+    """``in_progress`` conversations silent for ``timeout_s`` or more, longest-silent first."""
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM conversations WHERE status = 'in_progress'"
+        " AND COALESCE(finished_at, created_at) + timeout_s <= ?"
+        " ORDER BY COALESCE(finished_at, created_at), id LIMIT ?",
+        (now, limit),
+    )
+    return [_conversation(row) for row in rows]
+
+
+# -- processing --------------------------------------------------------------------------------
+
+
+def claim_for_processing(
+    conn: sqlite3.Connection, now: float, lease_s: float, limit: int
+) -> list[Conversation]:
+    """Lease due ``processing`` conversations: push ``next_attempt_at`` out, count the attempt."""
+    with write_transaction(conn):
+        ids = [
+            row["id"]
+            for row in conn.execute(
+                "SELECT id FROM conversations WHERE status = 'processing' AND next_attempt_at <= ?"
+                " ORDER BY next_attempt_at, id LIMIT ?",
+                (now, limit),
+            )
+        ]
+        conn.executemany(
+            "UPDATE conversations SET next_attempt_at = ?, updated_at = MAX(updated_at, ?),"
+            " processing_attempts = processing_attempts + 1 WHERE id = ?",
+            [(now + lease_s, now, conversation_id) for conversation_id in ids],
+        )
+        claimed = [_load(conn, conversation_id, True) for conversation_id in ids]
+    return [conversation for conversation in claimed if conversation is not None]
+
+
+def complete_conversation(
+    conn: sqlite3.Connection,
+    conversation_id: str,
+    structured_json: str,
+    summary: tuple[str, str, str, str],
+    now: float,
+    extra: TransactionHook | None,
+) -> bool:
+    """``processing`` -> ``completed`` with its summary; ``extra`` runs in the same transaction."""
+    title, overview, emoji, category = summary
+    with write_transaction(conn):
+        cursor = conn.execute(
+            "UPDATE conversations SET status = 'completed', structured_json = ?, title = ?,"
+            " overview = ?, emoji = ?, category = ?, failure_reason = NULL,"
+            " next_attempt_at = NULL, updated_at = MAX(updated_at, ?)"
+            " WHERE id = ? AND status = 'processing'",
+            (structured_json, title, overview, emoji, category, now, conversation_id),
+        )
+        if cursor.rowcount == 0:
+            return False
+        if extra is not None:
+            extra(conn)
+    return True
+
+
+def fail_conversation(
+    conn: sqlite3.Connection, conversation_id: str, reason: str, now: float
+) -> bool:
+    """``processing`` -> ``failed``, keeping the reason."""
+    with write_transaction(conn):
+        cursor = conn.execute(
+            "UPDATE conversations SET status = 'failed', failure_reason = ?,"
+            " next_attempt_at = NULL, updated_at = MAX(updated_at, ?)"
+            " WHERE id = ? AND status = 'processing'",
+            (reason, now, conversation_id),
+        )
+    return cursor.rowcount == 1
+
+
+def reschedule_processing(
+    conn: sqlite3.Connection, conversation_id: str, next_attempt_at: float, reason: str
+) -> bool:
+    """Move a ``processing`` conversation's next attempt, noting the last failure."""
+    with write_transaction(conn):
+        cursor = conn.execute(
+            "UPDATE conversations SET next_attempt_at = ?, failure_reason = ?"
+            " WHERE id = ? AND status = 'processing'",
+            (next_attempt_at, reason, conversation_id),
+        )
+    return cursor.rowcount == 1
+
+
+# -- the user API ------------------------------------------------------------------------------
+
+
+def list_conversations(
+    conn: sqlite3.Connection,
+    user_id: str,
+    status: str | None,
+    since: float | None,
+    until: float | None,
+    cursor: str | None,
+    limit: int,
+) -> Page:
+    """The user's conversations, newest first, ``limit`` per page (keyset on created_at, id)."""
+    clauses: list[str] = ["user_id = ?"]
+    params: list[object] = [user_id]
+    if status is not None:
+        clauses.append("status = ?")
+        params.append(status)
+    if since is not None:
+        clauses.append("created_at >= ?")
+        params.append(since)
+    if until is not None:
+        clauses.append("created_at < ?")
+        params.append(until)
+    if cursor is not None:
+        after_time, after_id = decode_cursor(cursor)
+        clauses.append("(created_at < ? OR (created_at = ? AND id < ?))")
+        params.extend([after_time, after_time, after_id])
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM conversations WHERE {' AND '.join(clauses)}"
+        " ORDER BY created_at DESC, id DESC LIMIT ?",
+        (*params, limit + 1),
+    ).fetchall()
+    items = tuple(_conversation(row) for row in rows[:limit])
+    more = len(rows) > limit
+    return Page(items, encode_cursor(items[-1].created_at, items[-1].id) if more else None)
+
+
+def get_conversation(
+    conn: sqlite3.Connection, user_id: str, conversation_id: str, with_segments: bool
+) -> Conversation | None:
+    """One of the user's conversations (a consistent snapshot with its segments)."""
+    with read_transaction(conn):
+        conversation = _load(conn, conversation_id, with_segments)
+    if conversation is None or conversation.user_id != user_id:
+        return None
+    return conversation
+
+
+def delete_conversation(conn: sqlite3.Connection, user_id: str, conversation_id: str) -> bool:
+    """Delete one of the user's conversations; its segments cascade."""
+    with write_transaction(conn):
+        cursor = conn.execute(
+            "DELETE FROM conversations WHERE id = ? AND user_id = ?", (conversation_id, user_id)
+        )
+    return cursor.rowcount == 1
+
+
+def update_conversation(
+    conn: sqlite3.Connection,
+    user_id: str,
+    conversation_id: str,
+    values: Mapping[str, object],
+    now: float | None,
+) -> Conversation | None:
+    """Set already-validated editable columns (names come from a fixed allow-list)."""
+    assignments = ", ".join(f"{name} = :{name}" for name in values)
+    if now is not None:
+        assignments += (", " if assignments else "") + "updated_at = MAX(updated_at, :now)"
+    with write_transaction(conn):
+        if assignments:
+            conn.execute(
+                f"UPDATE conversations SET {assignments} WHERE id = :id AND user_id = :user_id",
+                {**values, "now": now, "id": conversation_id, "user_id": user_id},
+            )
+        conversation = _load(conn, conversation_id, True)
+    if conversation is None or conversation.user_id != user_id:
+        return None
+    return conversation

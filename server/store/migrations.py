@@ -1,0 +1,171 @@
+"""Versioned schema migrations, applied in order at start, one transaction per step.
+
+The schema version lives in ``PRAGMA user_version`` (0 for an empty file). Each
+:class:`Migration` moves the database from ``version - 1`` to ``version``; a database whose
+version is higher than the last step known here was written by a newer server and is refused
+with :class:`~server.store.errors.SchemaTooNewError` before anything is touched.
+
+Adding a step (webhooks, apps, outbox, deliveries, ...):
+    Append ``Migration(N + 1, "what_it_adds", _SQL_...)`` to :data:`MIGRATIONS`. Never edit or
+    reorder a step that has shipped: databases in the field already ran it. A step is plain SQL
+    (several statements are fine, including ``CREATE TRIGGER``); it runs inside
+    ``BEGIN IMMEDIATE ... COMMIT`` together with the version bump, so a failing step leaves the
+    database at the previous version. Foreign keys are enforced during migrations; a step that
+    rebuilds a table must copy rows in an order that satisfies them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from server.store.errors import SchemaTooNewError, StoreError
+
+__all__ = ["LATEST_VERSION", "MIGRATIONS", "Migration", "apply_migrations", "schema_version"]
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One schema step: ``sql`` takes the database from ``version - 1`` to ``version``."""
+
+    version: int
+    name: str
+    sql: str
+
+
+_SQL_USERS_TOKENS: Final = """
+CREATE TABLE users (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL UNIQUE,
+    created_at  REAL NOT NULL
+);
+CREATE TABLE api_tokens (
+    id            TEXT PRIMARY KEY,
+    user_id       TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    token_hash    TEXT NOT NULL UNIQUE,          -- sha256 hex of the raw token
+    prefix        TEXT NOT NULL,                 -- display only
+    label         TEXT NOT NULL DEFAULT '',
+    created_at    REAL NOT NULL,
+    last_used_at  REAL,
+    revoked_at    REAL
+);
+CREATE INDEX api_tokens_by_user ON api_tokens(user_id, created_at);
+"""
+
+_SQL_CONVERSATIONS: Final = """
+CREATE TABLE conversations (
+    id                   TEXT PRIMARY KEY,
+    user_id              TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    status               TEXT NOT NULL
+        CHECK (status IN ('in_progress', 'processing', 'completed', 'failed')),
+    created_at           REAL NOT NULL,
+    updated_at           REAL NOT NULL,
+    started_at           REAL,
+    finished_at          REAL,
+    source               TEXT NOT NULL,
+    language             TEXT NOT NULL,
+    timeout_s            REAL NOT NULL,
+    title                TEXT NOT NULL DEFAULT '',
+    overview             TEXT NOT NULL DEFAULT '',
+    emoji                TEXT NOT NULL DEFAULT '🧠',
+    category             TEXT NOT NULL DEFAULT 'other',
+    structured_json      TEXT NOT NULL DEFAULT '{}',
+    starred              INTEGER NOT NULL DEFAULT 0,
+    visibility           TEXT NOT NULL DEFAULT 'private',
+    discarded            INTEGER NOT NULL DEFAULT 0,
+    failure_reason       TEXT,
+    processing_attempts  INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at      REAL
+);
+CREATE INDEX conversations_by_user ON conversations(user_id, created_at DESC, id DESC);
+CREATE INDEX conversations_by_status ON conversations(status, next_attempt_at);
+CREATE TABLE transcript_segments (
+    conversation_id  TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+    id               TEXT NOT NULL,
+    idx              INTEGER NOT NULL,
+    text             TEXT NOT NULL,
+    speaker          TEXT NOT NULL,
+    speaker_id       INTEGER NOT NULL,
+    is_user          INTEGER NOT NULL,
+    person_id        TEXT,
+    start_s          REAL NOT NULL,
+    end_s            REAL NOT NULL,
+    stt_provider     TEXT,
+    PRIMARY KEY (conversation_id, id)
+) WITHOUT ROWID;
+CREATE INDEX transcript_segments_in_order ON transcript_segments(conversation_id, idx);
+"""
+
+#: Every schema step, in order. Append only (see the module docstring).
+MIGRATIONS: Final[tuple[Migration, ...]] = (
+    Migration(1, "users_and_api_tokens", _SQL_USERS_TOKENS),
+    Migration(2, "conversations_and_segments", _SQL_CONVERSATIONS),
+)
+
+LATEST_VERSION: Final = MIGRATIONS[-1].version
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """The database's schema version (``PRAGMA user_version``; 0 for a new file)."""
+    row = conn.execute("PRAGMA user_version").fetchone()
+    return int(row[0])
+
+
+def apply_migrations(conn: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIONS) -> int:
+    """Bring the database up to the last of ``migrations``; return the resulting version.
+
+    Idempotent and safe against a concurrent starter: each step re-reads the version inside its
+    own ``BEGIN IMMEDIATE`` transaction and skips itself if another process already applied it.
+    ``conn`` must be in autocommit mode (``isolation_level=None``).
+
+    Raises:
+        SchemaTooNewError: the database is newer than the last known step (nothing changed).
+        StoreError: ``migrations`` are not numbered 1, 2, 3, ...
+    """
+    _check_numbering(migrations)
+    latest = migrations[-1].version if migrations else 0
+    found = schema_version(conn)
+    if found > latest:
+        raise SchemaTooNewError(found, latest)
+    for step in migrations[found:]:
+        _apply_step(conn, step, latest)
+    return schema_version(conn)
+
+
+def _check_numbering(migrations: Sequence[Migration]) -> None:
+    for expected, step in enumerate(migrations, start=1):
+        if step.version != expected:
+            raise StoreError(
+                f"migration {step.name!r} has version {step.version}, expected {expected}"
+            )
+
+
+def _apply_step(conn: sqlite3.Connection, step: Migration, latest: int) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        current = schema_version(conn)
+        if current > latest:
+            raise SchemaTooNewError(current, latest)
+        if current < step.version:
+            for statement in _statements(step.sql):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {int(step.version)}")
+    except BaseException:
+        conn.rollback()
+        raise
+    conn.commit()
+
+
+def _statements(sql: str) -> Iterator[str]:
+    """Split a script into complete statements (``sqlite3.complete_statement`` knows triggers)."""
+    buffer = ""
+    for line in sql.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            yield buffer.strip()
+            buffer = ""
+    leftover = [ln for ln in buffer.splitlines() if ln.strip() and not ln.strip().startswith("--")]
+    if leftover:
+        raise StoreError(f"incomplete SQL statement in migration: {buffer.strip()[:80]!r}")

@@ -1,0 +1,172 @@
+"""The repository interface every storage backend implements (SQLite now, PostgreSQL later).
+
+Handlers and workers depend on :class:`Store` only. Every method is async; a backend runs its
+blocking I/O off the event loop (the SQLite backend through the storage ``ThreadLane``).
+Methods that need the current time take ``now`` (Unix seconds) from the caller, who derives it
+from the Trio clock (``server.clock.wall_now``) so tests can run on a virtual clock. Each
+method is one transaction: a method that writes several rows writes all of them or none.
+
+Errors: :class:`~server.store.errors.StoreError` and its subclasses; the storage lane's
+``LaneFullError`` / ``LaneClosedError`` pass through unchanged (the app maps them to 503).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
+
+from server.store.models import (
+    CloseOutcome,
+    Conversation,
+    Page,
+    SegmentRow,
+    StoreStatistics,
+    TokenInfo,
+    User,
+)
+
+__all__ = ["Store", "TransactionHook"]
+
+#: Runs inside a store method's transaction, on the backend's connection, in the storage
+#: thread (for :class:`~server.store.sqlite.SqliteStore`: a ``sqlite3.Connection``). This is how
+#: later work adds rows atomically with a state change (e.g. outbox rows with a completion).
+TransactionHook = Callable[[sqlite3.Connection], None]
+
+
+class Store(Protocol):
+    """Users, API tokens, conversations and their transcript segments."""
+
+    # -- users and tokens ------------------------------------------------------------------
+
+    async def create_user(self, name: str, now: float) -> User:
+        """Create a user; raise ``ConflictError`` if the name is taken."""
+        ...
+
+    async def get_user(self, user_id: str) -> User | None:
+        """The user with this id, or ``None``."""
+        ...
+
+    async def get_user_by_name(self, name: str) -> User | None:
+        """The user with this name, or ``None``."""
+        ...
+
+    async def list_users(self) -> list[User]:
+        """Every user, by name."""
+        ...
+
+    async def create_token(self, user_id: str, label: str, now: float) -> tuple[str, TokenInfo]:
+        """Create an API token; return the raw token (shown once, never stored) and its info."""
+        ...
+
+    async def authenticate(self, raw_token: str, now: float) -> User | None:
+        """The owner of a valid, unrevoked token, or ``None``; records use at most once a minute."""
+        ...
+
+    async def list_tokens(self, user_id: str) -> list[TokenInfo]:
+        """The user's tokens (revoked ones too), oldest first."""
+        ...
+
+    async def revoke_token(self, user_id: str, token_id: str, now: float) -> bool:
+        """Revoke one of the user's tokens; ``False`` if the user has no such token."""
+        ...
+
+    # -- the live conversation -------------------------------------------------------------
+
+    async def get_in_progress(self, user_id: str) -> Conversation | None:
+        """The user's newest ``in_progress`` conversation (without segments), or ``None``."""
+        ...
+
+    async def create_conversation(
+        self, user_id: str, *, source: str, language: str, timeout_s: float, now: float
+    ) -> Conversation:
+        """Open a new ``in_progress`` conversation for the user."""
+        ...
+
+    async def save_segments(
+        self,
+        conversation_id: str,
+        upserts: Sequence[SegmentRow],
+        removed_ids: Sequence[str],
+        finished_at: float,
+        *,
+        started_at: float | None = None,
+    ) -> None:
+        """Upsert and delete segments and extend ``finished_at``, in one transaction."""
+        ...
+
+    async def close_conversation(self, conversation_id: str, now: float) -> CloseOutcome:
+        """End an ``in_progress`` conversation: ``processing``, or deleted if it has no segments."""
+        ...
+
+    async def find_expired_in_progress(self, now: float, limit: int) -> list[Conversation]:
+        """``in_progress`` conversations whose silence timeout has passed (oldest first)."""
+        ...
+
+    # -- processing ------------------------------------------------------------------------
+
+    async def claim_for_processing(
+        self, now: float, lease_s: float, limit: int
+    ) -> list[Conversation]:
+        """Lease due ``processing`` conversations (with segments) for ``lease_s`` seconds."""
+        ...
+
+    async def complete_conversation(
+        self,
+        conversation_id: str,
+        structured: Mapping[str, object],
+        title: str,
+        overview: str,
+        emoji: str,
+        category: str,
+        now: float,
+        *,
+        extra: TransactionHook | None = None,
+    ) -> bool:
+        """Mark a ``processing`` conversation ``completed``; ``False`` if it was not processing."""
+        ...
+
+    async def fail_conversation(self, conversation_id: str, reason: str, now: float) -> bool:
+        """Mark a ``processing`` conversation ``failed``; ``False`` if it was not processing."""
+        ...
+
+    async def reschedule_processing(
+        self, conversation_id: str, next_attempt_at: float, reason: str
+    ) -> bool:
+        """Retry a ``processing`` conversation at ``next_attempt_at``, noting why."""
+        ...
+
+    # -- the user API ----------------------------------------------------------------------
+
+    async def list_conversations(
+        self,
+        user_id: str,
+        *,
+        status: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        cursor: str | None = None,
+        limit: int = 20,
+    ) -> Page:
+        """The user's conversations newest first (keyset pagination, no segments)."""
+        ...
+
+    async def get_conversation(
+        self, user_id: str, conversation_id: str, *, with_segments: bool = True
+    ) -> Conversation | None:
+        """One of the user's conversations, or ``None`` (also for another user's)."""
+        ...
+
+    async def delete_conversation(self, user_id: str, conversation_id: str) -> bool:
+        """Delete one of the user's conversations and its segments; ``False`` if none."""
+        ...
+
+    async def update_conversation(
+        self, user_id: str, conversation_id: str, fields: Mapping[str, object]
+    ) -> Conversation | None:
+        """Change user-editable fields; ``None`` if not the user's; ``ValidationError`` if bad."""
+        ...
+
+    def statistics(self) -> StoreStatistics:
+        """A snapshot of the store's counters."""
+        ...

@@ -1,0 +1,359 @@
+"""The SQLite backend: :class:`SqliteStore` and :func:`open_sqlite_store`, which owns it.
+
+Every SQLite call runs in a thread of the storage :class:`~lanes.ThreadLane`
+(``await lane.run_sync(...)``); nothing touches SQLite on the event loop. Each call borrows a
+connection of its own from a small pool (see :mod:`server.store._pool`), so no connection is
+shared by two concurrent calls, and the database runs in WAL mode with ``synchronous=NORMAL``
+(durable across process crashes; the last commits can be lost on power loss),
+``busy_timeout=5000`` and foreign keys on.
+
+Extension points for later steps (outbox, webhooks, apps):
+    * schema: append a step to :data:`server.store.migrations.MIGRATIONS`;
+    * atomic side rows: pass ``extra=`` to :meth:`SqliteStore.complete_conversation` (runs in its
+      transaction), or call :meth:`SqliteStore.run_in_transaction` with a function of a
+      ``sqlite3.Connection`` for new operations of a SQLite-specific companion repository.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Final, TypeVar, TypeVarTuple, Unpack, final
+
+import trio
+
+from lanes import LaneError, ThreadLane
+from server.store import _conversations as conv, _users as users
+from server.store._pool import ConnectionPool
+from server.store._tx import write_transaction
+from server.store._validate import (
+    check_editable,
+    check_list_args,
+    check_positive,
+    structured_json,
+)
+from server.store.errors import StoreError, ValidationError
+from server.store.migrations import MIGRATIONS, apply_migrations
+from server.store.models import (
+    CloseOutcome,
+    Conversation,
+    Page,
+    SegmentRow,
+    StoreStatistics,
+    TokenInfo,
+    User,
+)
+from server.store.repository import TransactionHook
+
+__all__ = ["DB_FILENAME", "DEFAULT_MAX_WAITING", "SqliteStore", "open_sqlite_store"]
+
+LOGGER = logging.getLogger(__name__)
+
+#: The database's file name inside the data directory.
+DB_FILENAME: Final = "trioscribe.db"
+#: Callers allowed to wait for the store's own lane (when none is passed); more get
+#: ``LaneFullError`` at once (load shedding) instead of queueing without bound.
+DEFAULT_MAX_WAITING: Final = 1000
+#: Shielded budget for closing the connections (and the store's own lane) on exit.
+CLOSE_BUDGET_S: Final = 10.0
+
+RetT = TypeVar("RetT")
+ArgsT = TypeVarTuple("ArgsT")
+
+
+@final
+class SqliteStore:
+    """The :class:`~server.store.repository.Store` on SQLite; made by :func:`open_sqlite_store`."""
+
+    def __init__(self, lane: ThreadLane, pool: ConnectionPool) -> None:
+        self._lane = lane
+        self._pool = pool
+        self._calls = 0
+        self._failed = 0
+
+    async def _run(
+        self, fn: Callable[[sqlite3.Connection, Unpack[ArgsT]], RetT], *args: *ArgsT
+    ) -> RetT:
+        self._calls += 1
+        try:
+            return await self._lane.run_sync(self._pool.run, fn, *args)
+        except StoreError:
+            self._failed += 1
+            raise
+
+    async def run_in_transaction(self, fn: Callable[[sqlite3.Connection], RetT]) -> RetT:
+        """Run ``fn(conn)`` inside one write transaction, in the storage lane.
+
+        The hook for SQLite-specific companions (e.g. an outbox repository); ``sqlite3`` errors
+        are mapped to :class:`StoreError`, other exceptions roll back and pass through.
+        """
+        return await self._run(_in_transaction, fn)
+
+    # -- users and tokens ------------------------------------------------------------------
+
+    async def create_user(self, name: str, now: float) -> User:
+        """Create a user; ``ConflictError`` if the name is taken."""
+        return await self._run(users.create_user, name, now)
+
+    async def get_user(self, user_id: str) -> User | None:
+        """The user with this id, or ``None``."""
+        return await self._run(users.get_user, user_id)
+
+    async def get_user_by_name(self, name: str) -> User | None:
+        """The user with this name, or ``None``."""
+        return await self._run(users.get_user_by_name, name)
+
+    async def list_users(self) -> list[User]:
+        """Every user, by name."""
+        return await self._run(users.list_users)
+
+    async def create_token(self, user_id: str, label: str, now: float) -> tuple[str, TokenInfo]:
+        """Create a token; return the raw token (never stored) and its info."""
+        return await self._run(users.create_token, user_id, label, now)
+
+    async def authenticate(self, raw_token: str, now: float) -> User | None:
+        """The owner of a valid, unrevoked token, or ``None``."""
+        return await self._run(users.authenticate, raw_token, now)
+
+    async def list_tokens(self, user_id: str) -> list[TokenInfo]:
+        """The user's tokens (revoked ones too), oldest first."""
+        return await self._run(users.list_tokens, user_id)
+
+    async def revoke_token(self, user_id: str, token_id: str, now: float) -> bool:
+        """Revoke one of the user's tokens; ``False`` if the user has no such token."""
+        return await self._run(users.revoke_token, user_id, token_id, now)
+
+    # -- the live conversation -------------------------------------------------------------
+
+    async def get_in_progress(self, user_id: str) -> Conversation | None:
+        """The user's newest ``in_progress`` conversation (without segments), or ``None``."""
+        return await self._run(conv.get_in_progress, user_id)
+
+    async def create_conversation(
+        self, user_id: str, *, source: str, language: str, timeout_s: float, now: float
+    ) -> Conversation:
+        """Open a new ``in_progress`` conversation; ``NotFoundError`` for an unknown user."""
+        check_positive("timeout_s", timeout_s)
+        return await self._run(conv.create_conversation, user_id, source, language, timeout_s, now)
+
+    async def save_segments(
+        self,
+        conversation_id: str,
+        upserts: Sequence[SegmentRow],
+        removed_ids: Sequence[str],
+        finished_at: float,
+        *,
+        started_at: float | None = None,
+    ) -> None:
+        """Upsert segments by id, delete ``removed_ids``, extend ``finished_at``: one transaction.
+
+        ``started_at`` (first speech, Unix seconds) is set only once; when omitted it is derived
+        as ``finished_at - max(end_s)`` of the upserts (segment times are relative to it).
+
+        Raises:
+            NotFoundError: the conversation does not exist (it was deleted or discarded).
+            ValidationError: a row names another conversation.
+        """
+        for row in upserts:
+            if row.conversation_id != conversation_id:
+                message = f"segment {row.id!r} belongs to conversation {row.conversation_id!r}"
+                raise ValidationError("upserts", message)
+        return await self._run(
+            conv.save_segments,
+            conversation_id,
+            tuple(upserts),
+            tuple(removed_ids),
+            finished_at,
+            started_at,
+        )
+
+    async def close_conversation(self, conversation_id: str, now: float) -> CloseOutcome:
+        """End an ``in_progress`` conversation atomically.
+
+        Returns ``"discarded"`` if it had no segments (it is deleted) or no longer exists, and
+        ``"processing"`` if it is now due for processing (``next_attempt_at = now``) or had
+        already been closed (idempotent: a later status is left unchanged).
+        """
+        return await self._run(conv.close_conversation, conversation_id, now)
+
+    async def find_expired_in_progress(self, now: float, limit: int) -> list[Conversation]:
+        """``in_progress`` conversations with ``(finished_at or created_at) + timeout_s <= now``.
+
+        Longest-silent first, without segments. The caller skips those a live session holds.
+        """
+        return await self._run(conv.find_expired_in_progress, now, limit)
+
+    # -- processing ------------------------------------------------------------------------
+
+    async def claim_for_processing(
+        self, now: float, lease_s: float, limit: int
+    ) -> list[Conversation]:
+        """Lease up to ``limit`` due ``processing`` conversations, with their segments.
+
+        Each claimed row gets ``next_attempt_at = now + lease_s`` and one more
+        ``processing_attempts``: if the worker dies, the lease expires and another claims it.
+        """
+        check_positive("lease_s", lease_s)
+        return await self._run(conv.claim_for_processing, now, lease_s, limit)
+
+    async def complete_conversation(
+        self,
+        conversation_id: str,
+        structured: Mapping[str, object],
+        title: str,
+        overview: str,
+        emoji: str,
+        category: str,
+        now: float,
+        *,
+        extra: TransactionHook | None = None,
+    ) -> bool:
+        """Mark a ``processing`` conversation ``completed`` with its summary.
+
+        ``extra(conn)`` runs inside the same transaction only when the transition happens (the
+        place to add outbox rows atomically); if it raises, nothing is committed.
+
+        Returns:
+            ``False`` if the conversation is gone or not ``processing`` (e.g. already completed
+            by a worker whose lease had expired); nothing is written then.
+        """
+        summary = (title, overview, emoji, category)
+        payload = structured_json(structured)
+        return await self._run(
+            conv.complete_conversation, conversation_id, payload, summary, now, extra
+        )
+
+    async def fail_conversation(self, conversation_id: str, reason: str, now: float) -> bool:
+        """Mark a ``processing`` conversation ``failed``; ``False`` if it was not processing."""
+        return await self._run(conv.fail_conversation, conversation_id, reason, now)
+
+    async def reschedule_processing(
+        self, conversation_id: str, next_attempt_at: float, reason: str
+    ) -> bool:
+        """Retry a ``processing`` conversation at ``next_attempt_at``; ``False`` if not processing."""
+        return await self._run(conv.reschedule_processing, conversation_id, next_attempt_at, reason)
+
+    # -- the user API ----------------------------------------------------------------------
+
+    async def list_conversations(
+        self,
+        user_id: str,
+        *,
+        status: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        cursor: str | None = None,
+        limit: int = 20,
+    ) -> Page:
+        """The user's conversations, newest first (``created_at``, then ``id``), no segments.
+
+        ``since <= created_at < until``. ``cursor`` is a page's ``next_cursor``: keyset
+        pagination, so pages stay stable while new conversations are created.
+
+        Raises:
+            ValidationError: bad ``status``, ``limit`` (1..1000), time bound or ``cursor``.
+        """
+        check_list_args(status, since, until, limit)
+        return await self._run(
+            conv.list_conversations, user_id, status, since, until, cursor, limit
+        )
+
+    async def get_conversation(
+        self, user_id: str, conversation_id: str, *, with_segments: bool = True
+    ) -> Conversation | None:
+        """One of the user's conversations, or ``None`` (also when it is another user's)."""
+        return await self._run(conv.get_conversation, user_id, conversation_id, with_segments)
+
+    async def delete_conversation(self, user_id: str, conversation_id: str) -> bool:
+        """Delete one of the user's conversations and its segments; ``False`` if none."""
+        return await self._run(conv.delete_conversation, user_id, conversation_id)
+
+    async def update_conversation(
+        self,
+        user_id: str,
+        conversation_id: str,
+        fields: Mapping[str, object],
+        *,
+        now: float | None = None,
+    ) -> Conversation | None:
+        """Change user-editable fields and return the conversation (with segments).
+
+        Editable: ``title``, ``overview``, ``emoji``, ``category`` (strings), ``starred``,
+        ``discarded`` (booleans), ``visibility`` (``private`` | ``shared`` | ``public``).
+        ``now`` (optional) moves ``updated_at``.
+
+        Returns:
+            ``None`` if the user has no such conversation.
+
+        Raises:
+            ValidationError: an unknown field or a bad value (the message names the field).
+        """
+        values = check_editable(fields)
+        return await self._run(conv.update_conversation, user_id, conversation_id, values, now)
+
+    def statistics(self) -> StoreStatistics:
+        """The lane's statistics and the store's counters."""
+        return StoreStatistics(
+            lane=self._lane.statistics(),
+            calls=self._calls,
+            failed=self._failed,
+            connections_open=self._pool.open_count,
+            connections_created=self._pool.created,
+        )
+
+
+def _in_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], RetT]) -> RetT:
+    with write_transaction(conn):
+        return fn(conn)
+
+
+def _prepare(path: Path, pool: ConnectionPool) -> int:
+    """Create the directory and apply migrations (in a lane thread); return the schema version."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return pool.run(apply_migrations, MIGRATIONS)
+
+
+@asynccontextmanager
+async def open_sqlite_store(
+    path: Path, *, lane: ThreadLane | None = None, threads: int = 4
+) -> AsyncIterator[SqliteStore]:
+    """Open (creating if needed) and migrate the database at ``path``; close it on exit.
+
+    Args:
+        path: the database file; its directory is created.
+        lane: the storage lane every SQLite call goes through. It stays the caller's (not
+            closed here). ``None``: the store makes its own lane of ``threads`` threads
+            (``DEFAULT_MAX_WAITING`` waiters) and closes it on exit.
+        threads: the size of the store's own lane when ``lane`` is ``None``.
+
+    Raises:
+        SchemaTooNewError: the database was written by a newer server (nothing is changed).
+        StoreError: the file cannot be opened or migrated.
+    """
+    own_lane = lane is None
+    lane = lane or ThreadLane("storage", threads, max_waiting=DEFAULT_MAX_WAITING)
+    pool = ConnectionPool(path)
+    try:
+        version = await lane.run_sync(_prepare, path, pool)
+        LOGGER.info("store open: %s (schema version %d)", path, version)
+        yield SqliteStore(lane, pool)
+    finally:
+        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_BUDGET_S) as budget:
+            await _close(lane, pool, own_lane)
+        if budget.cancelled_caught:
+            LOGGER.warning("closing the store took over %.0f s; gave up waiting", CLOSE_BUDGET_S)
+
+
+async def _close(lane: ThreadLane, pool: ConnectionPool, own_lane: bool) -> None:
+    """Close the pool's connections in a lane thread (a private one if the lane is unusable)."""
+    try:
+        await lane.run_sync(pool.close)
+    except LaneError:
+        fallback = ThreadLane("storage-close", 1)
+        await fallback.run_sync(pool.close)
+        await fallback.aclose()
+    if own_lane:
+        await lane.aclose()
