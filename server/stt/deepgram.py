@@ -380,11 +380,15 @@ class DeepgramStream:
             while True:
                 await trio.sleep(self._settings.backoff_s(attempt, self._uniform()))
                 attempt += 1
+                live = False
                 try:
                     async with self._connect() as ws:
+                        live = True
                         self._counters.reconnects += 1
                         return await self._live(ws, reconnected=True, attempts=attempt)
                 except UPSTREAM_ERRORS as exc:
+                    if live:  # recovered, then lost again: the next outage reports it
+                        return _describe(exc)
                     LOGGER.info("deepgram reconnect %d failed: %s", attempt, _describe(exc))
         return None  # close() during the outage
 
@@ -469,11 +473,12 @@ async def _open_upstream(
     host, secure = parts.hostname or "", parts.scheme == "wss"
     port = parts.port or (443 if secure else 80)
     resource = f"{parts.path or '/'}?{parts.query}" if parts.query else parts.path or "/"
-    with trio.fail_after(settings.connect_timeout_s):
+    connect_by = trio.current_time() + settings.connect_timeout_s
+    with trio.fail_at(connect_by):
         stream = await _open_transport(host, port, secure=secure)
     try:
         async with trio.open_nursery() as nursery:
-            with trio.fail_after(settings.connect_timeout_s):
+            with trio.fail_at(connect_by):
                 ws = await wrap_client_stream(
                     nursery, stream, host if port in (80, 443) else f"{host}:{port}", resource,
                     extra_headers=headers, max_message_size=settings.max_message_bytes,

@@ -152,6 +152,7 @@ async def test_close_delivers_remaining_finals_then_ends_events() -> None:
 
     with trio.fail_after(10):
         async with open_fake_deepgram() as fake, open_stream(make_provider(fake)) as stream:
+            fake.result_delay_s = 0.1  # close() must wait for slow finals, not cut them off
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(collect, stream)
                 await stream.send_audio(loud(0.6))
@@ -162,6 +163,33 @@ async def test_close_delivers_remaining_finals_then_ends_events() -> None:
     conn = fake.accepted[0]
     assert [m["type"] for m in conn.sent[-2:]] == ["Results", "Metadata"]
     assert (conn.close_code, conn.closed_by) == (1000, "server")
+
+
+async def test_diarized_speakers_are_mapped() -> None:
+    with trio.fail_after(10):
+        async with open_fake_deepgram() as fake:
+            async with open_stream(make_provider(fake, diarize=True)) as stream:
+                await stream.send_audio(loud(2.0))
+                first = (await until_final(stream))[-1]
+                second = (await until_final(stream))[-1]
+                await stream.close()
+    assert fake.accepted[0].query["diarize"] == "true"
+    assert isinstance(first, SttResult) and isinstance(second, SttResult)
+    assert (first.text, first.speaker) == ("w1 w2 w3 w4", 0)
+    assert (second.text, second.speaker) == ("w5 w6 w7 w8", 1)
+
+
+async def test_oversized_upstream_message_degrades_the_stream() -> None:
+    with trio.fail_after(10):
+        async with open_fake_deepgram() as fake:
+            async with open_stream(make_provider(fake, max_message_bytes=256)) as stream:
+                await stream.send_audio(loud(0.25))  # its interim Results is > 256 characters
+                degraded = await stream.events().receive()
+                recovered = await stream.events().receive()
+                await stream.close()
+    assert isinstance(degraded, SttStatus) and "1009" in degraded.reason
+    assert isinstance(recovered, SttStatus) and not recovered.degraded
+    assert fake.connections[0].close_code == 1009
 
 
 async def test_keepalive_keeps_a_silent_stream_past_the_idle_window() -> None:
