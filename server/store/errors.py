@@ -37,7 +37,7 @@ class ConflictError(StoreError):
 
 
 class SchemaTooNewError(StoreError):
-    """The database was written by a newer version of the server; it is refused, not touched."""
+    """The database was written by a newer version of the server; its schema is left as is."""
 
     def __init__(self, found: int, supported: int) -> None:
         super().__init__(

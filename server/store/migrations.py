@@ -3,7 +3,7 @@
 The schema version lives in ``PRAGMA user_version`` (0 for an empty file). Each
 :class:`Migration` moves the database from ``version - 1`` to ``version``; a database whose
 version is higher than the last step known here was written by a newer server and is refused
-with :class:`~server.store.errors.SchemaTooNewError` before anything is touched.
+with :class:`~server.store.errors.SchemaTooNewError` before any schema change.
 
 Adding a step (webhooks, apps, outbox, deliveries, ...):
     Append ``Migration(N + 1, "what_it_adds", _SQL_...)`` to :data:`MIGRATIONS`. Never edit or
@@ -121,7 +121,7 @@ def apply_migrations(conn: sqlite3.Connection, migrations: Sequence[Migration] =
     ``conn`` must be in autocommit mode (``isolation_level=None``).
 
     Raises:
-        SchemaTooNewError: the database is newer than the last known step (nothing changed).
+        SchemaTooNewError: the database is newer than the last known step (the schema is not changed).
         StoreError: ``migrations`` are not numbered 1, 2, 3, ...
     """
     _check_numbering(migrations)

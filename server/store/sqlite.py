@@ -330,7 +330,7 @@ async def open_sqlite_store(
         threads: the size of the store's own lane when ``lane`` is ``None``.
 
     Raises:
-        SchemaTooNewError: the database was written by a newer server (nothing is changed).
+        SchemaTooNewError: the database was written by a newer server (its schema is not changed).
         StoreError: the file cannot be opened or migrated.
     """
     own_lane = lane is None
