@@ -48,6 +48,13 @@ from ._latest import (
     LatestSlotStatistics as LatestSlotStatistics,
     start_latest_consumer as start_latest_consumer,
 )
+from ._process import (
+    ProcessLane as ProcessLane,
+    ProcessLaneStatistics as ProcessLaneStatistics,
+    ProcessSession as ProcessSession,
+    RemoteCallError as RemoteCallError,
+    open_process_lane as open_process_lane,
+)
 from ._stats import LatencyWindow as LatencyWindow
 from ._thread import ThreadLane as ThreadLane, ThreadLaneStatistics as ThreadLaneStatistics
 
@@ -72,6 +79,10 @@ __all__ = [
     "LatestSlotStatistics",
     "LoopLagMonitor",
     "LoopLagStatistics",
+    "ProcessLane",
+    "ProcessLaneStatistics",
+    "ProcessSession",
+    "RemoteCallError",
     "ThreadLane",
     "ThreadLaneStatistics",
     "UpstreamConnectError",
@@ -82,6 +93,7 @@ __all__ = [
     "WorkerCrashedError",
     "open_background_group",
     "open_http_lane",
+    "open_process_lane",
     "parse_retry_after",
     "start_latest_consumer",
     "target_key",
