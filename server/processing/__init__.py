@@ -1,0 +1,1 @@
+"""Conversation processing: turning a finished transcript into a structured summary."""
