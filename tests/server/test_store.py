@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -24,6 +25,7 @@ from server.store import (
     ValidationError,
     open_sqlite_store,
 )
+from tests.helpers import wait_until
 
 T0 = 1_700_000_000.0
 
@@ -289,7 +291,14 @@ async def test_complete_runs_extra_in_the_same_transaction(store: SqliteStore) -
         conn.execute("CREATE TABLE outbox (conversation_id TEXT)")
         raise RuntimeError("outbox broke")
 
-    summary = ({"action_items": []}, "Title", "Overview", "📅", "work", T0 + 20)
+    summary: tuple[dict[str, object], str, str, str, str, float] = (
+        {"action_items": []},
+        "Title",
+        "Overview",
+        "📅",
+        "work",
+        T0 + 20,
+    )
     with pytest.raises(RuntimeError):
         await store.complete_conversation(conv.id, *summary, extra=failing_outbox)
     rolled_back = await store.get_conversation(alice.id, conv.id)
@@ -483,3 +492,25 @@ async def test_fifty_concurrent_writers_all_land(store: SqliteStore) -> None:
     assert full is not None and len(full.segments) == 125 and full.finished_at == T0 + 49
     stats = store.statistics()
     assert stats.failed == 0 and stats.lane.failed == 0
+
+
+async def test_an_abandoned_call_closes_its_connection_when_it_returns(db_path: Path) -> None:
+    release, started = threading.Event(), threading.Event()
+
+    def slow(conn: sqlite3.Connection) -> int:
+        started.set()
+        release.wait(10)
+        return int(conn.execute("SELECT count(*) FROM users").fetchone()[0])
+
+    lane = ThreadLane("storage-abandon", 2, abandon_on_cancel=True)
+    with trio.fail_after(20):
+        async with open_sqlite_store(db_path, lane=lane) as store:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(store.run_in_transaction, slow)
+                await wait_until(started.is_set)
+                nursery.cancel_scope.cancel()
+            assert lane.statistics().abandoned == 1
+        assert store.statistics().connections_open == 1  # still in use by the abandoned thread
+        release.set()
+        await wait_until(lambda: store.statistics().connections_open == 0)
+        await lane.aclose()
