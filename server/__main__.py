@@ -1,0 +1,87 @@
+"""``python -m server``: run the server, or manage API tokens.
+
+Usage::
+
+    python -m server [--port 8000 --data-dir ./data --stt embedded ...]   # serve
+    python -m server token create USER [--label L]                        # prints the token only
+    python -m server token list [USER]
+    python -m server token revoke TOKEN_ID
+
+Every flag also reads ``TRIOSCRIBE_<NAME>`` from the environment (``python -m server --help``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from functools import partial
+
+import trio
+
+from server.settings import SettingsError, settings_from_argv
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_FORCED = 1
+EXIT_USAGE = 2
+
+
+def _run_server(argv: Sequence[str]) -> int:
+    try:
+        settings = settings_from_argv(argv, os.environ)
+    except SettingsError as exc:
+        print(f"python -m server: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from server.serve import serve
+
+    handle_box: list[object] = []
+
+    async def main() -> bool:
+        from server.serve import ServerHandle
+
+        async with trio.open_nursery() as nursery:
+            handle: ServerHandle = await nursery.start(
+                partial(serve, settings, handle_signals=True)
+            )
+            handle_box.append(handle)
+        return handle.drain.forced
+
+    forced = trio.run(main)
+    return EXIT_FORCED if forced else EXIT_OK
+
+
+def _run_tokens(argv: Sequence[str]) -> int:
+    import pathlib
+
+    from server.settings import ENV_PREFIX
+    from server.tokens_cli import main as tokens_main
+
+    data_dir = os.environ.get(ENV_PREFIX + "DATA_DIR", "data")
+    rest = list(argv)
+    if "--data-dir" in rest:
+        index = rest.index("--data-dir")
+        if index + 1 >= len(rest):
+            print("python -m server: --data-dir needs a value", file=sys.stderr)
+            return EXIT_USAGE
+        data_dir = rest[index + 1]
+        del rest[index : index + 2]
+    return tokens_main(rest, data_dir=pathlib.Path(data_dir))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in {"token", "user"}:
+        return _run_tokens(args)
+    return _run_server(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""``serve()``: the server as one nursery tree with a guaranteed, bounded shutdown.
+
+Ownership, outermost first (each line owns everything below it)::
+
+    serve()
+    └── open_services()            store (SQLite via the storage ThreadLane), STT provider,
+        │                          HTTP lanes — closed last, after every user of them ended
+        └── daemons nursery        signal watcher (1st SIGTERM/SIGINT: drain; 2nd: cancel all
+            │                      now), loop-lag monitor; cancelled when the work is done
+            └── work nursery       deadline = the drain deadline once shutdown begins
+                ├── shutdown sequence  sessions get 1001 -> then hypercorn is told to stop
+                ├── background workers sweeper, processing, webhook delivery, day summary;
+                │                      each stops taking work on drain and ends when idle
+                └── hypercorn          connection tasks; each /v4/listen session owns its
+                                       own task group inside its connection task
+
+Shutdown (graceful): readiness flips to false and new HTTP work gets 503; live sessions are told
+to finish (they flush and close 1001); hypercorn then stops accepting and closes idle
+connections; background workers stop taking work and finish what they hold until the deadline,
+then are cancelled; durable state is already committed (every state change is a transaction);
+lanes and clients close last, each under a shielded, bounded scope. ``serve()`` returns only when
+everything it opened is closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
+from typing import Final
+
+import hypercorn.trio
+import trio
+from hypercorn.config import Config
+
+from lanes import LoopLagMonitor, ThreadLane
+from server.app import AsgiApp, create_app
+from server.auth import RateLimiter, TicketBook
+from server.context import AppContext
+from server.drain import Drain
+from server.settings import Settings
+from server.store import DB_FILENAME, open_sqlite_store
+
+__all__ = ["ServerHandle", "serve"]
+
+LOGGER = logging.getLogger(__name__)
+
+#: hypercorn's own grace for connections still open after our sessions closed.
+HYPERCORN_GRACE_S: Final = 1.0
+#: Shielded budget for closing a resource after the deadline (lanes, store, clients).
+CLOSE_BUDGET_S: Final = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class ServerHandle:
+    """What ``nursery.start(serve, settings)`` returns: the bound address and a stop button."""
+
+    host: str
+    port: int
+    drain: Drain
+    context: AppContext
+
+    @property
+    def url(self) -> str:
+        """``http://host:port`` of the server."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def request_shutdown(self, grace_s: float | None = None) -> None:
+        """Begin a graceful shutdown, as SIGTERM would."""
+        self.drain.request(
+            grace_s if grace_s is not None else self.context.settings.graceful_shutdown_s
+        )
+
+
+def _hypercorn_config(settings: Settings) -> Config:
+    config = Config()
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    config.bind = [f"{host}:{settings.port}"]
+    config.graceful_timeout = HYPERCORN_GRACE_S
+    config.websocket_max_message_size = settings.ws_max_message_bytes
+    config.accesslog = None  # URLs can carry single-use tickets: never log them
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.include_server_header = False
+    return config
+
+
+async def _watch_signals(drain: Drain, settings: Settings, root: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            if not drain.requested.is_set():
+                LOGGER.info(
+                    "%s: draining (deadline %.1f s)",
+                    signal.Signals(signum).name,
+                    settings.graceful_shutdown_s,
+                )
+                drain.request(settings.graceful_shutdown_s)
+            else:
+                LOGGER.warning("second signal: cancelling everything now")
+                drain.forced = True
+                root.cancel()
+
+
+async def _shutdown_sequence(ctx: AppContext, stop_http: trio.Event) -> None:
+    await ctx.drain.requested.wait()
+    sessions = ctx.services.get("sessions")
+    if sessions is not None:
+        with trio.move_on_at(ctx.drain.deadline - HYPERCORN_GRACE_S - CLOSE_BUDGET_S):
+            await sessions.drain_all()
+    stop_http.set()
+
+
+@asynccontextmanager
+async def open_core(settings: Settings) -> AsyncIterator[AppContext]:
+    """Open the store and the shared in-memory services; close them on every exit path."""
+    lane = ThreadLane(
+        "storage",
+        settings.storage_threads,
+        max_waiting=settings.storage_max_waiting,
+        abandon_on_cancel=True,
+    )
+    async with open_sqlite_store(settings.data_dir / DB_FILENAME, lane=lane) as store:
+        ctx = AppContext(
+            settings=settings,
+            drain=Drain(),
+            store=store,
+            tickets=TicketBook(settings.ticket_ttl_s),
+            limiter=RateLimiter(settings.api_rate_per_s, settings.api_burst),
+        )
+        ctx.stats["storage"] = lane.statistics
+        ctx.stats["tickets"] = ctx.tickets.statistics
+        yield ctx
+
+
+async def serve(
+    settings: Settings,
+    *,
+    handle_signals: bool = False,
+    task_status: trio.TaskStatus[ServerHandle] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the server until a graceful shutdown completes (or the caller cancels it).
+
+    Args:
+        settings: the run's settings.
+        handle_signals: watch SIGTERM/SIGINT (``python -m server`` does; tests don't).
+        task_status: receives a :class:`ServerHandle` once the server listens.
+
+    Cancellation: cancelling the caller's scope is a hard stop (like a second signal); cleanup
+    still runs, shielded and bounded.
+    """
+    from server.services import open_services
+
+    async with open_core(settings) as ctx, open_services(ctx) as listen_handler:
+        await _run_root(ctx, listen_handler, handle_signals, task_status)
+    LOGGER.info("stopped")
+
+
+async def _run_root(
+    ctx: AppContext,
+    listen_handler: AsgiApp | None,
+    handle_signals: bool,
+    task_status: trio.TaskStatus[ServerHandle],
+) -> None:
+    settings = ctx.settings
+    async with trio.open_nursery() as daemons:  # live for the whole run, cancelled at its end
+        if handle_signals:
+            daemons.start_soon(_watch_signals, ctx.drain, settings, daemons.cancel_scope)
+        lag = LoopLagMonitor()
+        ctx.stats["loop_lag"] = lag.statistics
+        await daemons.start(lag.run)
+        with trio.CancelScope() as work_scope:
+            await _run_work(ctx, listen_handler, work_scope, task_status)
+        daemons.cancel_scope.cancel()
+
+
+async def _run_work(
+    ctx: AppContext,
+    listen_handler: AsgiApp | None,
+    work_scope: trio.CancelScope,
+    task_status: trio.TaskStatus[ServerHandle],
+) -> None:
+    """Workers and hypercorn: they end by themselves once drained, or at the deadline."""
+    from server.services import start_workers
+
+    async with trio.open_nursery() as work:
+        await start_workers(ctx, work)
+        stop_http = trio.Event()
+        work.start_soon(_shutdown_sequence, ctx, stop_http)
+        app = create_app(ctx, listen_handler)
+        config = _hypercorn_config(ctx.settings)
+        binds = await work.start(
+            partial(hypercorn.trio.serve, app, config, shutdown_trigger=stop_http.wait)
+        )
+        port = int(binds[0].rsplit(":", 1)[1])
+        LOGGER.info("listening on %s", binds[0])
+        task_status.started(ServerHandle(ctx.settings.host, port, ctx.drain, ctx))
+        await ctx.drain.requested.wait()
+        work_scope.deadline = ctx.drain.deadline
