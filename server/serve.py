@@ -105,11 +105,15 @@ async def _watch_signals(drain: Drain, settings: Settings, root: trio.CancelScop
 
 
 async def _shutdown_sequence(ctx: AppContext, stop_http: trio.Event) -> None:
+    """On drain: close live sessions (1001) and keep answering 503 / ready=false for
+    ``drain_readiness_s`` so load balancers notice; then let hypercorn stop accepting."""
     await ctx.drain.requested.wait()
-    sessions = ctx.services.get("sessions")
-    if sessions is not None:
-        with trio.move_on_at(ctx.drain.deadline - HYPERCORN_GRACE_S - CLOSE_BUDGET_S):
+    announce_until = trio.current_time() + ctx.settings.drain_readiness_s
+    with trio.move_on_at(ctx.drain.deadline - HYPERCORN_GRACE_S - CLOSE_BUDGET_S):
+        sessions = ctx.services.get("sessions")
+        if sessions is not None:
             await sessions.drain_all()
+        await trio.sleep_until(announce_until)
     stop_http.set()
 
 

@@ -52,6 +52,9 @@ class Settings:
     port: int = _setting(8000, "TCP port (0 picks a free one)")
     data_dir: pathlib.Path = _setting(pathlib.Path("data"), "directory for the SQLite database")
     graceful_shutdown_s: float = _setting(25.0, "SIGTERM/SIGINT drain deadline (keep < 30 s)")
+    drain_readiness_s: float = _setting(
+        1.0, "after SIGTERM, keep answering 503 / ready=false this long so balancers notice"
+    )
     admin_token: str | None = _setting(None, "bearer token for /v1/admin endpoints", secret=True)
     log_level: str = _setting("INFO", "logging level")
     # -- HTTP API
@@ -107,6 +110,11 @@ def _validate(s: Settings) -> None:
     checks: list[tuple[str, bool, str]] = [
         ("port", 0 <= s.port <= 65535, "must be between 0 and 65535"),
         ("graceful_shutdown_s", 0 < s.graceful_shutdown_s <= 3600, "must be in (0, 3600]"),
+        (
+            "drain_readiness_s",
+            0 <= s.drain_readiness_s <= s.graceful_shutdown_s,
+            "must be between 0 and graceful_shutdown_s",
+        ),
         ("stt", s.stt in STT_PROVIDERS, f"must be one of {', '.join(STT_PROVIDERS)}"),
         ("vad", s.vad in VAD_MODES, f"must be one of {', '.join(VAD_MODES)}"),
         ("summariser", s.summariser in SUMMARISERS, f"must be one of {', '.join(SUMMARISERS)}"),

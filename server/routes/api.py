@@ -85,7 +85,7 @@ async def delete_conversation(conversation_id: str) -> Response:
     user = await current_user()
     if not await ctx_of().store.delete_conversation(user.id, conversation_id):
         raise ApiError(404, "not_found", "no such conversation")
-    return Response(status=204)
+    return Response(b"", status=204)
 
 
 @blueprint.patch("/conversations/<conversation_id>")
