@@ -1,0 +1,201 @@
+"""The raw-ASGI ``/v4/listen`` handler: admission, then one :class:`ListenSession`.
+
+Every refusal happens *after* accepting the upgrade, so the client sees a WebSocket close code
+with a reason rather than hypercorn's bare HTTP 403: 1008 for auth and invalid parameters,
+1003 for audio formats we cannot take, 1013 when a capacity is reached, 1001 while draining,
+1011 for an unexpected server error. Oversized messages are closed 1009 by hypercorn
+(``websocket_max_message_size``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from urllib.parse import parse_qsl
+
+from lanes import LaneError
+from server.app import AsgiApp, Receive, Scope, Send
+from server.auth import bearer_token
+from server.clock import wall_now
+from server.context import AppContext
+from server.listen.codecs import SUPPORTED_CODECS, make_decoder
+from server.listen.conversation import ConversationTracker
+from server.listen.hooks import RealtimeHooks
+from server.listen.params import ListenParams, ParamError, parse_listen_params
+from server.listen.registry import AdmissionError, SessionRegistry
+from server.listen.session import ListenSession, SessionConfig
+from server.listen.vad import VadGate
+from server.listen.wire import AsgiWebSocket, ClientGone
+from server.store import StoreError
+from server.stt.base import SttCapacityError, SttError, SttProvider
+from server.views import conversation_json
+
+__all__ = ["ListenDeps", "make_listen_handler"]
+
+LOGGER = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class ListenDeps:
+    """What the listen handler needs besides the app context."""
+
+    registry: SessionRegistry
+    provider: SttProvider
+    hooks: RealtimeHooks
+    wake_processing: Callable[[], None]
+
+
+class _Refused(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+
+
+def _query(scope: Scope) -> dict[str, str]:
+    return dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+
+
+async def _authenticate(
+    ctx: AppContext, headers: Mapping[str, str], query: Mapping[str, str]
+) -> str:
+    token = bearer_token(headers)
+    if token is not None:
+        user = await ctx.store.authenticate(token, wall_now())
+        if user is None:
+            raise _Refused(1008, "invalid or revoked token")
+        return user.id
+    ticket = query.get("ticket")
+    if ticket:
+        user_id = ctx.tickets.redeem(ticket)
+        if user_id is None:
+            raise _Refused(1008, "invalid, expired or already used ticket")
+        return user_id
+    raise _Refused(1008, "missing Authorization: Bearer token (or ?ticket= for browsers)")
+
+
+def _params(ctx: AppContext, deps: ListenDeps, query: Mapping[str, str]) -> ListenParams:
+    try:
+        params = parse_listen_params(
+            query, default_timeout_s=ctx.settings.conversation_timeout_s, codecs=SUPPORTED_CODECS
+        )
+    except ParamError as exc:
+        raise _Refused(exc.code, exc.reason) from exc
+    if params.stt_service not in (None, deps.provider.name):
+        raise _Refused(1008, f"stt_service {params.stt_service[:20]!r} is not configured here")
+    return params
+
+
+def make_listen_handler(ctx: AppContext, deps: ListenDeps) -> AsgiApp:
+    """Build the ASGI handler for ``/v4/listen`` WebSocket upgrades."""
+
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        ws = AsgiWebSocket(scope, receive, send)
+        try:
+            await ws.wait_connect()
+            await _serve(ctx, deps, ws)
+        except ClientGone:
+            return
+        except _Refused as exc:
+            await ws.close(exc.code, exc.reason)
+        except Exception:
+            LOGGER.exception("listen session failed")
+            await ws.close(1011, "internal error")
+
+    return handler
+
+
+def _session(
+    ctx: AppContext, deps: ListenDeps, ws: AsgiWebSocket, user_id: str, params: ListenParams
+) -> ListenSession:
+    settings = ctx.settings
+    session: ListenSession
+
+    async def emit(event: dict[str, object]) -> None:
+        await session.emit(event)
+
+    tracker = ConversationTracker(
+        ctx.store,
+        user_id,
+        params,
+        wake_processing=deps.wake_processing,
+        emit=emit,
+        conversation_json=conversation_json,
+    )
+    session = ListenSession(
+        ws=ws,
+        user_id=user_id,
+        params=params,
+        config=SessionConfig(settings.heartbeat_interval_s, settings.idle_timeout_s),
+        decoder=make_decoder(params.codec, params.sample_rate),
+        gate=VadGate(settings.vad, params.sample_rate),
+        tracker=tracker,
+        hooks=deps.hooks,
+        drain_deadline=lambda: ctx.drain.deadline,
+        provider_name=deps.provider.name,
+    )
+    return session
+
+
+async def _serve(ctx: AppContext, deps: ListenDeps, ws: AsgiWebSocket) -> None:
+    if ctx.drain.draining:
+        raise _Refused(1001, "server shutting down")
+    headers, query = _headers(ws.scope), _query(ws.scope)
+    try:
+        user_id = await _authenticate(ctx, headers, query)
+    except LaneError as exc:
+        raise _Refused(1013, "server busy; try again later") from exc
+    params = _params(ctx, deps, query)
+    await ws.accept()
+    session = _session(ctx, deps, ws, user_id, params)
+    try:
+        deps.registry.admit(session)
+    except AdmissionError as exc:
+        raise _Refused(1001 if ctx.drain.draining else 1013, exc.reason) from exc
+    try:
+        await _run_admitted(ctx, deps, ws, session, params)
+    finally:
+        deps.registry.release(session)
+        deps.hooks.on_session_end(user_id, session.session_id)
+
+
+async def _run_admitted(
+    ctx: AppContext,
+    deps: ListenDeps,
+    ws: AsgiWebSocket,
+    session: ListenSession,
+    params: ListenParams,
+) -> None:
+    await session.emit(
+        {"type": "service_status", "status": "initiating", "status_text": "Service Starting"}
+    )
+    try:
+        await session.tracker.start(wall_now())
+        last = await ctx.store.list_conversations(session.user_id, status="completed", limit=1)
+        if last.items:
+            await session.emit({"type": "last_memory", "memory_id": last.items[0].id})
+    except (LaneError, StoreError) as exc:
+        LOGGER.warning("listen: storage unavailable at session start: %s", exc)
+        raise _Refused(1013, "storage busy; try again later") from exc
+    await session.emit(
+        {
+            "type": "service_status",
+            "status": "stt_initiating",
+            "status_text": "STT Service Starting",
+        }
+    )
+    try:
+        async with deps.provider.open_stream(
+            sample_rate=params.sample_rate, language=params.language
+        ) as stream:
+            cause = await session.run(stream)
+    except SttCapacityError as exc:
+        raise _Refused(1013, "transcription capacity reached; try again later") from exc
+    except SttError as exc:
+        raise _Refused(1011, f"transcription unavailable: {exc}"[:100]) from exc
+    await ws.close(cause.code, cause.reason)

@@ -1,0 +1,326 @@
+"""One ``/v4/listen`` session: a task group that owns everything the session started.
+
+Tasks of a session (all in one nursery; when the session ends, all of them end)::
+
+    receive loop   frames -> decode -> VAD gate -> STT stream        (this is the hot path)
+    stt consumer   STT events -> segments -> client + store queue + realtime hooks
+    sender         the bounded outbox -> WebSocket (the only task that writes to the socket)
+    heartbeat      "ping" every heartbeat_interval_s; idle_timeout_s without client data -> 1001
+    lifecycle      conversation timeout -> persist, close durably, wake processing
+    persister      flushes queued segment writes every PERSIST_INTERVAL_S
+
+End of a session, whatever the cause (client gone, drain, idle, bad input): stop taking audio,
+flush the STT stream (bounded), persist every segment (shielded, bounded), send the last
+segments, close with the cause's code. The conversation stays resumable; only its timeout (here
+or in the sweeper) closes it.
+
+Queues: the outbox holds at most OUTBOX_SIZE messages. The session's own producers wait for room
+(backpressure reaches the STT stream and then the client's TCP window: nothing is dropped);
+events pushed from outside the session (processing, app messages) are dropped when it is full,
+and counted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Final
+
+import trio
+
+from server.clock import wall_now
+from server.listen.codecs import AudioDecoder, BadFrameError
+from server.listen.conversation import ConversationTracker
+from server.listen.hooks import RealtimeHooks
+from server.listen.params import ListenParams
+from server.listen.vad import VadGate
+from server.listen.wire import AsgiWebSocket, ClientGone
+from server.stt.base import SttResult, SttStatus, SttStream, Word
+
+__all__ = ["CloseCause", "ListenSession", "SessionConfig"]
+
+LOGGER = logging.getLogger(__name__)
+
+OUTBOX_SIZE: Final = 256
+PERSIST_INTERVAL_S: Final = 0.5
+LIFECYCLE_TICK_S: Final = 5.0
+#: Bound on flushing the STT stream at the end of a session.
+STT_FLUSH_S: Final = 3.0
+#: Shielded bound on the last segment write of a session.
+FINAL_PERSIST_S: Final = 2.0
+#: Bound on delivering the last messages before the close frame.
+FINAL_SEND_S: Final = 1.0
+KEEPALIVE_MAX_BYTES: Final = 2
+MAX_TEXT_CHARS: Final = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class CloseCause:
+    """Why a session ends: the close code and reason sent to the client."""
+
+    code: int
+    reason: str
+
+
+CLIENT_GONE: Final = CloseCause(1000, "client closed")
+DRAINING: Final = CloseCause(1001, "server shutting down")
+IDLE: Final = CloseCause(1001, "no data received within the idle timeout")
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    """Per-session timing knobs (from settings)."""
+
+    heartbeat_interval_s: float
+    idle_timeout_s: float
+
+
+class ListenSession:
+    """A live listen session (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        ws: AsgiWebSocket,
+        user_id: str,
+        params: ListenParams,
+        config: SessionConfig,
+        decoder: AudioDecoder,
+        gate: VadGate,
+        tracker: ConversationTracker,
+        hooks: RealtimeHooks,
+        drain_deadline: Callable[[], float],
+        provider_name: str,
+    ) -> None:
+        self.session_id = uuid.uuid4().hex
+        self.user_id = user_id
+        self._ws = ws
+        self._params = params
+        self._config = config
+        self._decoder = decoder
+        self._gate = gate
+        self.tracker = tracker
+        self._hooks = hooks
+        self._drain_deadline = drain_deadline
+        self._provider_name = provider_name
+        self._out_send, self._out_recv = trio.open_memory_channel[str](OUTBOX_SIZE)
+        self._receive_scope = trio.CancelScope()
+        self._consumer_scope = trio.CancelScope()
+        self._drained_outbox = trio.Event()
+        self._cause: CloseCause | None = None
+        self._last_client_data = trio.current_time()
+        self._audio_origin_wall: float | None = None
+        self.frames = 0
+        self.keepalives = 0
+        self.bad_frames = 0
+        self.dropped_events = 0
+        self.segments_sent = 0
+
+    # -- the registry's view ---------------------------------------------------------------
+
+    @property
+    def conversation_id(self) -> str | None:
+        """The conversation currently extended by this session."""
+        return self.tracker.conversation_id
+
+    def push_event(self, event: dict[str, object]) -> bool:
+        """Queue an event from outside the session; dropped (False) if the outbox is full."""
+        try:
+            self._out_send.send_nowait(json.dumps(event, separators=(",", ":")))
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            self.dropped_events += 1
+            return False
+        return True
+
+    def request_drain(self) -> None:
+        """Stop taking audio, flush, and close 1001."""
+        self.end(DRAINING)
+
+    def end(self, cause: CloseCause) -> None:
+        """Stop the receive loop; the first cause given wins."""
+        if self._cause is None:
+            self._cause = cause
+        self._receive_scope.cancel()
+
+    # -- running ------------------------------------------------------------------------------
+
+    async def emit(self, event: dict[str, object]) -> None:
+        """Queue an event from inside the session (waits for room: never dropped)."""
+        await self._send_text(json.dumps(event, separators=(",", ":")))
+
+    async def _send_text(self, text: str) -> None:
+        try:
+            await self._out_send.send(text)
+        except trio.ClosedResourceError:
+            self.dropped_events += 1  # the session is closing: nothing more goes out
+
+    async def run(self, stream: SttStream) -> CloseCause:
+        """Run the session until it ends; return why. The caller closes the socket."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._sender)
+            nursery.start_soon(self._heartbeat)
+            nursery.start_soon(self._lifecycle)
+            nursery.start_soon(self._persister)
+            consumer_done = trio.Event()
+            nursery.start_soon(self._consume_stt, stream, consumer_done)
+            await self._status("ready", "Ready")
+            with self._receive_scope:
+                await self._receive_loop(stream)
+            await self._finish(stream, consumer_done)
+            nursery.cancel_scope.cancel()
+        return self._cause or CLIENT_GONE
+
+    async def _finish(self, stream: SttStream, consumer_done: trio.Event) -> None:
+        flush_by = min(trio.current_time() + STT_FLUSH_S, self._drain_deadline())
+        with trio.move_on_at(flush_by):
+            await stream.close()
+            await consumer_done.wait()
+        self._consumer_scope.cancel()
+        with trio.CancelScope(shield=True), trio.move_on_after(FINAL_PERSIST_S):
+            try:
+                await self.tracker.flush()
+            except Exception:
+                LOGGER.error("session %s: last segment write failed", self.session_id)
+        self._out_send.close()
+        if not self._ws.closed:
+            with trio.move_on_after(FINAL_SEND_S):
+                await self._drained_outbox.wait()
+
+    async def _receive_loop(self, stream: SttStream) -> None:
+        ws = self._ws
+        while True:
+            try:
+                message = await ws.receive()
+            except ClientGone:
+                self.end(CLIENT_GONE)
+                return
+            self._last_client_data = trio.current_time()
+            if isinstance(message, bytes):
+                await self._on_audio(message, stream)
+            else:
+                self._on_text(message)
+
+    async def _on_audio(self, frame: bytes, stream: SttStream) -> None:
+        if len(frame) <= KEEPALIVE_MAX_BYTES:
+            self.keepalives += 1
+            return
+        try:
+            pcm = self._decoder.decode(frame)
+        except BadFrameError:
+            self.bad_frames += 1
+            return
+        self.frames += 1
+        if self._audio_origin_wall is None:
+            self._audio_origin_wall = wall_now()
+        self._hooks.on_audio(self.user_id, self.session_id, pcm, self._params.sample_rate)
+        out = self._gate.process(pcm)
+        if out.forward:
+            await stream.send_audio(out.forward)
+        if out.speech_ended:
+            await stream.finalize()
+
+    def _on_text(self, text: str) -> None:
+        try:
+            message = json.loads(text) if len(text) <= MAX_TEXT_CHARS else None
+        except ValueError:
+            message = None
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            self.end(CloseCause(1007, "text frames must be JSON objects with a string 'type'"))
+            return
+        # Known Omi control messages (image chunks, speaker assignment, ...) are accepted and
+        # ignored: this server has no image or speaker-profile pipeline.
+
+    async def _consume_stt(self, stream: SttStream, done: trio.Event) -> None:
+        with self._consumer_scope:
+            try:
+                async for event in stream.events():
+                    if isinstance(event, SttStatus):
+                        await self._on_stt_status(event)
+                    elif event.is_final and event.text.strip():
+                        await self._on_final(event)
+            finally:
+                done.set()
+
+    async def _on_stt_status(self, status: SttStatus) -> None:
+        if status.degraded:
+            await self._status("stt_degraded", f"Transcription interrupted: {status.reason}"[:200])
+        else:
+            await self._status("ready", "Ready")
+
+    async def _on_final(self, result: SttResult) -> None:
+        origin = self._audio_origin_wall if self._audio_origin_wall is not None else wall_now()
+        mapped = _map_times(result, self._gate.to_session_s)
+        updated = await self.tracker.add_final(mapped, origin)
+        if not updated:
+            return
+        payload = [segment.to_json() for segment in updated]
+        self.segments_sent += len(payload)
+        await self._send_text(json.dumps(payload, separators=(",", ":")))
+        conversation_id = self.tracker.conversation_id
+        self._hooks.on_segments(self.user_id, self.session_id, conversation_id, payload)
+
+    async def _status(self, status: str, text: str) -> None:
+        await self.emit({"type": "service_status", "status": status, "status_text": text})
+
+    async def _sender(self) -> None:
+        """The only writer of the socket. After the client is gone it keeps draining the
+        outbox (discarding) so that no producer waits for room that will never come."""
+        try:
+            async for text in self._out_recv:
+                if self._ws.closed:
+                    continue
+                try:
+                    await self._ws.send_text(text)
+                except ClientGone:
+                    self.end(CLIENT_GONE)
+        finally:
+            self._drained_outbox.set()
+
+    async def _heartbeat(self) -> None:
+        interval = self._config.heartbeat_interval_s
+        while True:
+            await trio.sleep(min(interval, self._config.idle_timeout_s))
+            if trio.current_time() - self._last_client_data >= self._config.idle_timeout_s:
+                self.end(IDLE)
+                return
+            self.push_event_text("ping")
+
+    def push_event_text(self, text: str) -> None:
+        """Queue a bare text frame (the Omi heartbeat "ping"); skipped if the outbox is full."""
+        try:
+            self._out_send.send_nowait(text)
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            self.dropped_events += 1
+
+    async def _lifecycle(self) -> None:
+        while True:
+            deadline = self.tracker.deadline_wall()
+            wait = LIFECYCLE_TICK_S if deadline is None else deadline - wall_now()
+            if wait > 0:
+                await trio.sleep(
+                    min(wait, LIFECYCLE_TICK_S) if math.isfinite(wait) else LIFECYCLE_TICK_S
+                )
+                continue
+            await self.tracker.roll_over(wall_now())
+
+    async def _persister(self) -> None:
+        while True:
+            await trio.sleep(PERSIST_INTERVAL_S)
+            try:
+                await self.tracker.flush()
+            except Exception:  # kept pending; retried on the next tick
+                continue
+
+
+def _map_times(result: SttResult, to_session_s: Callable[[float], float]) -> SttResult:
+    words = tuple(
+        Word(w.text, to_session_s(w.start_s), to_session_s(w.end_s), w.confidence)
+        for w in result.words
+    )
+    return replace(
+        result, start_s=to_session_s(result.start_s), end_s=to_session_s(result.end_s), words=words
+    )

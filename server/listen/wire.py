@@ -1,0 +1,86 @@
+"""A minimal WebSocket over raw ASGI messages, for the ``/v4/listen`` hot path.
+
+Quart's WebSocket object adds a task hop and a queue per message; the listen session talks to
+hypercorn's ASGI ``receive``/``send`` directly instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, Final, final
+
+__all__ = ["AsgiWebSocket", "ClientGone", "Message"]
+
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+#: What :meth:`AsgiWebSocket.receive` returns: a binary frame or a text frame.
+Message = bytes | str
+#: A WebSocket close reason must fit in a 125-byte control frame (2 bytes are the code).
+MAX_REASON_BYTES: Final = 123
+
+
+class ClientGone(Exception):
+    """The client closed the connection (or it broke)."""
+
+
+def _fit_reason(reason: str) -> str:
+    encoded = reason.encode()[:MAX_REASON_BYTES]
+    return encoded.decode(errors="ignore")
+
+
+@final
+class AsgiWebSocket:
+    """One accepted-or-not WebSocket connection, driven by ASGI messages."""
+
+    def __init__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
+        self.scope = scope
+        self._receive = receive
+        self._send = send
+        self.accepted = False
+        self.closed = False
+
+    async def wait_connect(self) -> None:
+        """Consume the ``websocket.connect`` message."""
+        message = await self._receive()
+        if message["type"] != "websocket.connect":
+            raise ClientGone(message["type"])
+
+    async def accept(self) -> None:
+        """Complete the handshake."""
+        await self._send({"type": "websocket.accept"})
+        self.accepted = True
+
+    async def receive(self) -> Message:
+        """The next data frame; raises :class:`ClientGone` when the client left."""
+        message = await self._receive()
+        if message["type"] == "websocket.receive":
+            data = message.get("bytes")
+            if data is not None:
+                return bytes(data)
+            return str(message.get("text") or "")
+        self.closed = True
+        raise ClientGone(str(message.get("code", "")))
+
+    async def send_text(self, text: str) -> None:
+        """Send a text frame; raises :class:`ClientGone` if the connection is gone."""
+        if self.closed:
+            raise ClientGone("closed")
+        try:
+            await self._send({"type": "websocket.send", "text": text})
+        except OSError as exc:  # hypercorn reports a broken transport this way
+            self.closed = True
+            raise ClientGone(str(exc)) from exc
+
+    async def close(self, code: int, reason: str = "") -> None:
+        """Close with ``code`` (accepting first, so the client sees the code, not HTTP 403)."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            if not self.accepted:
+                await self._send({"type": "websocket.accept"})
+            await self._send(
+                {"type": "websocket.close", "code": code, "reason": _fit_reason(reason)}
+            )
+        except OSError:
+            pass  # the peer is already gone: nothing left to tell it
