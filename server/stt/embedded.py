@@ -20,8 +20,8 @@ Decisions:
   backpressure on the sender instead of queueing audio. Events go through a channel of
   ``EVENT_BUFFER``; when it is full ``send_audio`` waits (nothing is dropped).
 - **Worker crash.** The stream reports ``SttStatus(degraded=True, reason="worker crashed")`` and
-  drops (and counts) audio until a new session opens on a live worker (tried on each following
-  ``send_audio``); then it reports ``degraded=False`` and shifts the new session's times by the
+  drops (and counts) audio until a new session opens on a live worker (tried by ``send_audio``
+  at most every ``RECOVER_INTERVAL_S``; it waits while the replacement worker starts); then it reports ``degraded=False`` and shifts the new session's times by the
   audio already sent, so stream times stay aligned. An utterance in progress is lost.
 - **Close.** ``close()`` flushes: the last partial frame is decoded and the utterance ends, its
   final is delivered, then :meth:`EmbeddedStream.events` ends. Leaving ``open_stream`` without
@@ -72,6 +72,8 @@ EVENT_BUFFER: Final = 32
 BYTES_PER_SAMPLE: Final = 2
 #: Most audio handed to a worker in one call (a longer send_audio is split).
 MAX_CALL_S: Final = 0.5
+#: While degraded, how often send_audio tries to open a new session.
+RECOVER_INTERVAL_S: Final = 1.0
 MIN_SAMPLE_RATE: Final = 8000
 MAX_SAMPLE_RATE: Final = 48000
 ENGLISH_ONLY_NOTE: Final = "the embedded model is English (en-US) only"
@@ -213,6 +215,7 @@ class EmbeddedStream:
         self._session: ProcessSession | None = None
         self._session_stack = AsyncExitStack()
         self._offset_s = 0.0  # stream time at which the current session started
+        self._next_recovery = 0.0
         self._sent_bytes = 0
         self._closing = False
         self.reused_decoder = False
@@ -230,7 +233,8 @@ class EmbeddedStream:
         await trio.lowlevel.checkpoint()
         for begin in range(0, len(pcm16), self._call_bytes):
             piece = pcm16[begin : begin + self._call_bytes]
-            if self._session is None:
+            if self._session is None and trio.current_time() >= self._next_recovery:
+                self._next_recovery = trio.current_time() + RECOVER_INTERVAL_S
                 await self._recover()
             self._counters.audio_s += len(piece) / self._bytes_per_s
             await self._deliver(await self._call("feed", piece, dropped=len(piece)))

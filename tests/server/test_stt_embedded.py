@@ -12,7 +12,14 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 
-from server.stt.base import SttCapacityError, SttEvent, SttResult, SttStatus, SttUnavailableError
+from server.stt.base import (
+    SttCapacityError,
+    SttEvent,
+    SttProvider,
+    SttResult,
+    SttStatus,
+    SttUnavailableError,
+)
 from server.stt.embedded import EmbeddedStream, EmbeddedSttProvider, open_embedded_stt
 from tests.helpers import wait_until
 
@@ -121,8 +128,9 @@ async def test_pooled_decoder_reuse_and_capacity_refusal() -> None:
                     with pytest.raises(SttCapacityError):
                         async with provider.open_stream(sample_rate=RATE, language="en"):
                             pass  # pragma: no cover
+            as_protocol: SttProvider = provider  # type-checks the structural interface
             with pytest.raises(SttUnavailableError):
-                async with provider.open_stream(sample_rate=RATE, language="de"):
+                async with as_protocol.open_stream(sample_rate=RATE, language="de"):
                     pass  # pragma: no cover
             with pytest.raises(SttUnavailableError):
                 async with provider.open_stream(sample_rate=96000, language="en"):
