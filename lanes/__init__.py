@@ -22,6 +22,7 @@ from ._errors import (
     LaneClosedError as LaneClosedError,
     LaneError as LaneError,
     LaneFullError as LaneFullError,
+    RemoteCallError as RemoteCallError,
     UpstreamConnectError as UpstreamConnectError,
     UpstreamError as UpstreamError,
     UpstreamProtocolError as UpstreamProtocolError,
@@ -52,7 +53,6 @@ from ._process import (
     ProcessLane as ProcessLane,
     ProcessLaneStatistics as ProcessLaneStatistics,
     ProcessSession as ProcessSession,
-    RemoteCallError as RemoteCallError,
     open_process_lane as open_process_lane,
 )
 from ._stats import LatencyWindow as LatencyWindow

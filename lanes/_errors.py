@@ -8,6 +8,7 @@ most specific class below and chained with ``raise X from exc``::
     ├── LaneFullError              load shed: the lane's bound on waiting callers was reached
     ├── BreakerOpenError           a circuit breaker is open; ``retry_after_s`` says for how long
     ├── WorkerCrashedError         a worker process died while holding the call
+    ├── RemoteCallError            the code run in a worker process raised (type, message)
     └── UpstreamError              an outbound HTTP call failed (``target`` names the endpoint)
         ├── UpstreamTimeoutError   connect/read/write/pool timeout
         ├── UpstreamConnectError   refused, unreachable, DNS failure, reset before a response
@@ -26,6 +27,7 @@ __all__ = [
     "LaneClosedError",
     "LaneError",
     "LaneFullError",
+    "RemoteCallError",
     "UpstreamConnectError",
     "UpstreamError",
     "UpstreamProtocolError",
@@ -76,6 +78,22 @@ class BreakerOpenError(LaneError):
 
 class WorkerCrashedError(LaneError):
     """A worker process of a process lane died while it held the call."""
+
+
+class RemoteCallError(LaneError):
+    """The session object raised in its worker process.
+
+    Attributes:
+        type_name: the remote exception's ``module.QualName``.
+        remote_message: ``str()`` of the remote exception.
+        remote_traceback: the formatted remote traceback.
+    """
+
+    def __init__(self, lane: str, type_name: str, message: str, traceback_text: str) -> None:
+        super().__init__(f"lane {lane!r}: {type_name}: {message}")
+        self.type_name = type_name
+        self.remote_message = message
+        self.remote_traceback = traceback_text
 
 
 class UpstreamError(LaneError):

@@ -52,7 +52,13 @@ from typing import Any, Final, NoReturn, final
 
 import trio
 
-from ._errors import LaneClosedError, LaneError, LaneFullError, WorkerCrashedError
+from ._errors import (
+    LaneClosedError,
+    LaneError,
+    LaneFullError,
+    RemoteCallError,
+    WorkerCrashedError,
+)
 from ._process_worker import HEADER, MAX_FRAME_BYTES
 from ._stats import LatencyWindow
 
@@ -60,7 +66,6 @@ __all__ = [
     "ProcessLane",
     "ProcessLaneStatistics",
     "ProcessSession",
-    "RemoteCallError",
     "open_process_lane",
 ]
 
@@ -82,22 +87,6 @@ SESSION_CLOSE_GRACE_S: Final = 5.0
 RESTART_DELAY_S: Final = 0.1
 RESTART_DELAY_CAP_S: Final = 5.0
 READ_SIZE: Final = 65536
-
-
-class RemoteCallError(LaneError):
-    """The session object raised in its worker process.
-
-    Attributes:
-        type_name: the remote exception's ``module.QualName``.
-        remote_message: ``str()`` of the remote exception.
-        remote_traceback: the formatted remote traceback.
-    """
-
-    def __init__(self, lane: str, type_name: str, message: str, traceback_text: str) -> None:
-        super().__init__(f"lane {lane!r}: {type_name}: {message}")
-        self.type_name = type_name
-        self.remote_message = message
-        self.remote_traceback = traceback_text
 
 
 @dataclass(frozen=True, slots=True)
