@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pathlib
 import sys
 from collections.abc import Sequence
 from functools import partial
@@ -57,28 +58,44 @@ def _run_server(argv: Sequence[str]) -> int:
     return EXIT_FORCED if forced else EXIT_OK
 
 
-def _run_tokens(argv: Sequence[str]) -> int:
-    import pathlib
+def _split_data_dir(argv: Sequence[str]) -> tuple[str | None, list[str]]:
+    """Pull ``--data-dir DIR`` / ``--data-dir=DIR`` out of ``argv`` (it may stand anywhere)."""
+    data_dir: str | None = None
+    rest: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        if arg == "--data-dir":
+            data_dir = next(args, None)
+            if data_dir is None:
+                raise SettingsError("invalid setting data_dir: --data-dir needs a value")
+        elif arg.startswith("--data-dir="):
+            data_dir = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+    return data_dir, rest
 
+
+def _run_tokens(argv: Sequence[str]) -> int:
     from server.settings import ENV_PREFIX
     from server.tokens_cli import main as tokens_main
 
-    data_dir = os.environ.get(ENV_PREFIX + "DATA_DIR", "data")
-    rest = list(argv)
-    if "--data-dir" in rest:
-        index = rest.index("--data-dir")
-        if index + 1 >= len(rest):
-            print("python -m server: --data-dir needs a value", file=sys.stderr)
-            return EXIT_USAGE
-        data_dir = rest[index + 1]
-        del rest[index : index + 2]
-    return tokens_main(rest, data_dir=pathlib.Path(data_dir))
+    try:
+        data_dir, rest = _split_data_dir(argv)
+    except SettingsError as exc:
+        print(f"python -m server: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    chosen = data_dir or os.environ.get(ENV_PREFIX + "DATA_DIR") or "data"
+    return tokens_main(rest, data_dir=pathlib.Path(chosen))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] in {"token", "user"}:
+    try:
+        _, rest = _split_data_dir(args)
+    except SettingsError:
+        rest = args
+    if rest and rest[0] in {"token", "user"}:
         return _run_tokens(args)
     return _run_server(args)
 
