@@ -98,10 +98,62 @@ CREATE TABLE transcript_segments (
 CREATE INDEX transcript_segments_in_order ON transcript_segments(conversation_id, idx);
 """
 
+_SQL_WEBHOOKS: Final = """
+CREATE TABLE webhook_endpoints (
+    id                     TEXT PRIMARY KEY,
+    user_id                TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    owner_kind             TEXT NOT NULL CHECK (owner_kind IN ('webhook', 'app')),
+    name                   TEXT NOT NULL DEFAULT '',
+    url                    TEXT NOT NULL,
+    kinds_json             TEXT NOT NULL,             -- JSON list of event kinds (triggers)
+    interval_s             REAL NOT NULL DEFAULT 5,   -- audio_bytes batching interval
+    secret                 TEXT NOT NULL,             -- whsec_..., needed to sign (symmetric)
+    previous_secret        TEXT,                      -- still signed with until ...
+    previous_secret_until  REAL,
+    enabled                INTEGER NOT NULL DEFAULT 1,
+    disabled_reason        TEXT,
+    created_at             REAL NOT NULL,
+    updated_at             REAL NOT NULL
+);
+CREATE INDEX webhook_endpoints_by_user ON webhook_endpoints(user_id, owner_kind, created_at);
+CREATE TABLE webhook_deliveries (
+    id               TEXT PRIMARY KEY,
+    endpoint_id      TEXT NOT NULL REFERENCES webhook_endpoints(id) ON DELETE CASCADE,
+    user_id          TEXT NOT NULL,
+    kind             TEXT NOT NULL,
+    message_id       TEXT NOT NULL,                   -- webhook-id, the same on every attempt
+    dedupe_key       TEXT,                            -- e.g. day_summary:2026-11-29
+    payload          BLOB NOT NULL,                   -- the exact bytes sent
+    content_type     TEXT NOT NULL,
+    status           TEXT NOT NULL CHECK (status IN ('pending', 'delivered', 'failed')),
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at  REAL,                            -- due time, or lease end while held
+    last_status      INTEGER,
+    last_error       TEXT,
+    created_at       REAL NOT NULL,
+    updated_at       REAL NOT NULL,
+    finished_at      REAL
+);
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries(status, next_attempt_at);
+CREATE INDEX webhook_deliveries_by_endpoint ON webhook_deliveries(endpoint_id, created_at DESC);
+CREATE UNIQUE INDEX webhook_deliveries_dedupe ON webhook_deliveries(endpoint_id, dedupe_key)
+    WHERE dedupe_key IS NOT NULL;
+CREATE TABLE webhook_attempts (
+    delivery_id  TEXT NOT NULL REFERENCES webhook_deliveries(id) ON DELETE CASCADE,
+    attempt      INTEGER NOT NULL,
+    started_at   REAL NOT NULL,
+    duration_s   REAL NOT NULL,
+    status       INTEGER,
+    error        TEXT,
+    PRIMARY KEY (delivery_id, attempt)
+) WITHOUT ROWID;
+"""
+
 #: Every schema step, in order. Append only (see the module docstring).
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "users_and_api_tokens", _SQL_USERS_TOKENS),
     Migration(2, "conversations_and_segments", _SQL_CONVERSATIONS),
+    Migration(3, "webhooks_outbox_and_delivery_log", _SQL_WEBHOOKS),
 )
 
 LATEST_VERSION: Final = MIGRATIONS[-1].version
