@@ -182,7 +182,9 @@ class DeliveryWorkers:
         )
         self._app_messages = 0
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(  # noqa: ASYNC114 -- started by Integrations.start_workers
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Deliver until drained; attempts already running finish (each within ``timeout_s``)."""
         async with trio.open_nursery() as nursery:
             task_status.started()
@@ -195,6 +197,7 @@ class DeliveryWorkers:
 
     async def _claim_into(self, nursery: trio.Nursery) -> bool:
         """Lease one due delivery and start its attempt; ``False`` if there was none."""
+        await trio.lowlevel.checkpoint()
         if self._drain.requested.is_set():
             return False
         lease_s = self._config.timeout_s + self._config.lease_margin_s
@@ -222,6 +225,7 @@ class DeliveryWorkers:
         await wait_any(wait_s, self.wakeup.wait, self._drain.requested.wait)
 
     async def _attempt_then_release(self, due: DueDelivery) -> None:
+        await trio.lowlevel.checkpoint()
         try:
             await self.attempt(due)
         except Exception:  # a store failure: the lease expires and the message is sent again
@@ -255,6 +259,7 @@ class DeliveryWorkers:
         """POST ``body`` once within ``timeout_s`` and classify the result (never raises)."""
         self._counts["attempts"] += 1
         with trio.move_on_after(self._config.timeout_s):
+            await trio.lowlevel.checkpoint()
             try:
                 response = await self._lane.request("POST", url, content=body, headers=headers)
             except lanes.UpstreamStatusError as exc:

@@ -16,7 +16,6 @@ from typing import Final, TypeVar, cast
 import trio
 
 from lanes import ThreadLane
-
 from server.clock import wall_now
 from server.drain import Drain
 from server.store import MIGRATIONS, Conversation, SegmentRow, SqliteStore, User, apply_migrations

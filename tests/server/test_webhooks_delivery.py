@@ -43,9 +43,13 @@ class Endpoints:
     default: Callable[[], httpx.Response] = lambda: httpx.Response(200, text="ok")
     hang: bool = False
     seen: list[Seen] = field(default_factory=list)
+    arrived: trio.Event = field(default_factory=trio.Event)
 
     async def handle(self, request: httpx.Request) -> httpx.Response:
-        self.seen.append(Seen(trio.current_time(), request.url, dict(request.headers), request.content))
+        seen = Seen(trio.current_time(), request.url, dict(request.headers), request.content)
+        self.seen.append(seen)
+        self.arrived.set()
+        self.arrived = trio.Event()
         if self.hang:
             await trio.sleep_forever()
         await trio.lowlevel.checkpoint()
@@ -81,8 +85,10 @@ async def queue_memory(world: World, body: object | None = None) -> None:
 
 
 async def wait_for(endpoints: Endpoints, count: int) -> None:
+    """Wait until ``count`` requests arrived (the caller bounds the wait)."""
+    await trio.lowlevel.checkpoint()
     while len(endpoints.seen) < count:
-        await trio.sleep(1)
+        await endpoints.arrived.wait()
 
 
 async def test_retry_schedule_keeps_the_webhook_id_and_signs_each_attempt(
@@ -312,5 +318,3 @@ def test_reply_message_needs_more_than_five_characters() -> None:
     assert reply_message(b'{"message": "hello"}') is None
     assert reply_message(b"not json") is None
     assert reply_message(b'["message"]') is None
-
-
