@@ -43,6 +43,7 @@ from server.context import AppContext
 from server.drain import Drain
 from server.settings import Settings
 from server.store import DB_FILENAME, open_sqlite_store
+from server.stt.base import SttProvider
 
 __all__ = ["ServerHandle", "serve"]
 
@@ -143,6 +144,7 @@ async def serve(
     settings: Settings,
     *,
     handle_signals: bool = False,
+    stt_provider: SttProvider | None = None,
     task_status: trio.TaskStatus[ServerHandle] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the server until a graceful shutdown completes (or the caller cancels it).
@@ -150,6 +152,8 @@ async def serve(
     Args:
         settings: the run's settings.
         handle_signals: watch SIGTERM/SIGINT (``python -m server`` does; tests don't).
+        stt_provider: an already-open STT provider to use instead of the configured one
+            (tests inject fakes with failure knobs this way).
         task_status: receives a :class:`ServerHandle` once the server listens.
 
     Cancellation: cancelling the caller's scope is a hard stop (like a second signal); cleanup
@@ -157,14 +161,17 @@ async def serve(
     """
     from server.services import open_services
 
-    async with open_core(settings) as ctx, open_services(ctx) as listen_handler:
+    async with (
+        open_core(settings) as ctx,
+        open_services(ctx, stt_provider=stt_provider) as listen_handler,
+    ):
         await _run_root(ctx, listen_handler, handle_signals, task_status)
     LOGGER.info("stopped")
 
 
 async def _run_root(
     ctx: AppContext,
-    listen_handler: AsgiApp | None,
+    listen_handler: AsgiApp,
     handle_signals: bool,
     task_status: trio.TaskStatus[ServerHandle],
 ) -> None:
@@ -182,7 +189,7 @@ async def _run_root(
 
 async def _run_work(
     ctx: AppContext,
-    listen_handler: AsgiApp | None,
+    listen_handler: AsgiApp,
     work_scope: trio.CancelScope,
     task_status: trio.TaskStatus[ServerHandle],
 ) -> None:

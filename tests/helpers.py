@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -16,4 +16,12 @@ async def wait_until(predicate: Callable[[], bool], *, poll_s: float = 0.001) ->
     """
     await trio.lowlevel.checkpoint()
     while not predicate():  # noqa: ASYNC110 -- polled on purpose, see docstring
+        await trio.sleep(poll_s)
+
+
+async def wait_until_true(
+    predicate: Callable[[], Awaitable[bool]], *, poll_s: float = 0.02
+) -> None:
+    """Like :func:`wait_until` for an async predicate (e.g. a store query)."""
+    while not await predicate():  # noqa: ASYNC110 -- polled state lives outside Trio's view
         await trio.sleep(poll_s)

@@ -1,0 +1,256 @@
+"""/v4/listen end to end: a real server on port 0, a real WebSocket client, the fake STT."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httpx
+import pytest
+import trio
+from trio_websocket import ConnectionClosed
+
+from server.serve import ServerHandle
+from server.settings import Settings
+from server.stt.fake import FakeSttProvider, fake_text
+from tests.conftest import auth, create_user_token, start_server
+from tests.helpers import wait_until
+from tests.server.listen_client import (
+    RATE,
+    Received,
+    frames,
+    open_listen,
+    pcm,
+    read_to_close,
+    read_until,
+)
+
+SECOND = RATE * 2
+
+
+async def _token(server: ServerHandle, name: str = "alice") -> str:
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        return await create_user_token(client, name)
+
+
+def _expected(audio: bytes, seconds: int) -> list[str]:
+    return [fake_text(i, audio[i * SECOND : (i + 1) * SECOND]) for i in range(seconds)]
+
+
+async def _refusal(server: ServerHandle, query: str, token: str | None) -> Received:
+    async with open_listen(server, query, token) as ws:
+        return await read_to_close(ws)
+
+
+async def test_streams_segments_back_in_order_and_persists_them(server: ServerHandle) -> None:
+    audio = pcm(3.0)
+    with trio.fail_after(20):
+        token = await _token(server)
+        async with open_listen(server, token=token) as ws:
+            received = Received()
+            await read_until(ws, received, lambda r: "ready" in [e.get("status") for e in r.events])
+            for frame in frames(audio):
+                await ws.send_message(frame)
+            await read_until(ws, received, lambda r: r.has("seg2 "))
+        async with httpx.AsyncClient(base_url=server.url) as client:
+            listed = (await client.get("/v1/conversations", headers=auth(token))).json()
+            cid = listed["conversations"][0]["id"]
+            stored = (await client.get(f"/v1/conversations/{cid}", headers=auth(token))).json()
+    statuses = [e["status"] for e in received.events if e["type"] == "service_status"]
+    assert statuses == ["initiating", "stt_initiating", "ready"]
+    assert received.joined() == " ".join(_expected(audio, 3))
+    segment = received.segments[received.order[0]]
+    assert segment["speaker"] == "SPEAKER_00" and segment["start"] == pytest.approx(0.0, abs=0.5)
+    assert segment["end"] == pytest.approx(3.0, abs=0.5)
+    stored_text = " ".join(s["text"] for s in stored["transcript_segments"])
+    assert stored_text == " ".join(_expected(audio, 3))
+    assert stored["status"] == "in_progress"
+
+
+async def test_auth_failures_close_1008_and_tickets_are_single_use(server: ServerHandle) -> None:
+    with trio.fail_after(20):
+        token = await _token(server)
+        missing = await _refusal(server, "codec=pcm16&sample_rate=16000", None)
+        wrong = await _refusal(server, "codec=pcm16&sample_rate=16000", "ts_wrong")
+        async with httpx.AsyncClient(base_url=server.url) as client:
+            ticket = (await client.post("/v1/listen/tickets", headers=auth(token))).json()["ticket"]
+        query = f"codec=pcm16&sample_rate=16000&ticket={ticket}"
+        async with open_listen(server, query) as ws:
+            first = await read_until(
+                ws, Received(), lambda r: "ready" in [e.get("status") for e in r.events]
+            )
+        reused = await _refusal(server, query, None)
+    assert (missing.close_code, wrong.close_code, reused.close_code) == (1008, 1008, 1008)
+    assert "Bearer" in (missing.close_reason or "")
+    assert first.close_code is None
+
+
+@pytest.mark.parametrize(
+    ("query", "code", "words"),
+    [
+        ("codec=mp3&sample_rate=16000", 1003, "codec"),
+        ("codec=pcm16&sample_rate=16000&channels=2", 1003, "channels"),
+        ("codec=pcm16&sample_rate=44100", 1008, "sample_rate"),
+        ("codec=pcm16&sample_rate=16000&conversation_timeout=abc", 1008, "conversation_timeout"),
+        ("codec=pcm16&sample_rate=16000&stt_service=soniox", 1008, "stt_service"),
+    ],
+    ids=["codec", "channels", "sample-rate", "timeout", "stt-service"],
+)
+async def test_invalid_parameters_close_with_a_reason(
+    server: ServerHandle, query: str, code: int, words: str
+) -> None:
+    with trio.fail_after(10):
+        token = await _token(server)
+        refused = await _refusal(server, query, token)
+    assert refused.close_code == code
+    assert words in (refused.close_reason or "")
+
+
+async def test_bad_input_non_json_text_and_huge_frames(server: ServerHandle) -> None:
+    with trio.fail_after(20):
+        token = await _token(server)
+        async with open_listen(server, token=token) as ws:
+            await ws.send_message("not json")
+            text = await read_to_close(ws)
+        async with open_listen(server, token=token) as ws:
+            await ws.send_message(b"\x00" * (server.context.settings.ws_max_message_bytes + 1))
+            huge = await read_to_close(ws)
+        async with open_listen(server, token=token) as ws:
+            await ws.send_message('{"type": "speaker_assigned", "speaker_id": 1}')
+            await ws.send_message(b"\x01")  # keepalive frames of <= 2 bytes are ignored
+            await ws.send_message(b"\x01\x02\x03")  # odd length: a bad PCM16 frame, skipped
+            for frame in frames(pcm(1.0)):
+                await ws.send_message(frame)
+            fine = await read_until(ws, Received(), lambda r: len(r.segments) >= 1)
+    assert text.close_code == 1007
+    assert huge.close_code == 1009
+    assert fine.close_code is None and len(fine.segments) == 1
+
+
+async def test_garbage_opus_is_counted_and_skipped(server: ServerHandle) -> None:
+    with trio.fail_after(20):
+        token = await _token(server)
+        async with open_listen(server, "codec=opus&sample_rate=16000", token) as ws:
+            for _ in range(5):
+                await ws.send_message(b"\xff\xfe garbage opus packet \x00\x01")
+            await ws.send_message('{"type": "ping_probe"}')
+            received = await read_until(
+                ws, Received(), lambda r: "ready" in [e.get("status") for e in r.events]
+            )
+    assert received.close_code is None
+
+
+async def test_session_caps_close_1013(
+    nursery: trio.Nursery, make_settings: Callable[..., Settings]
+) -> None:
+    server = await start_server(nursery, make_settings(max_sessions_per_user=1, max_sessions=2))
+    with trio.fail_after(20):
+        alice = await _token(server, "alice")
+        bob = await _token(server, "bob")
+        carol = await _token(server, "carol")
+        async with open_listen(server, token=alice) as first:
+            await read_until(first, Received(), lambda r: len(r.events) >= 3)
+            second = await _refusal(server, "codec=pcm16&sample_rate=16000", alice)
+            async with open_listen(server, token=bob) as other:
+                await read_until(other, Received(), lambda r: len(r.events) >= 3)
+                full = await _refusal(server, "codec=pcm16&sample_rate=16000", carol)
+    assert second.close_code == 1013 and "user" in (second.close_reason or "")
+    assert full.close_code == 1013 and "capacity" in (full.close_reason or "")
+
+
+async def test_stt_capacity_closes_1013(
+    nursery: trio.Nursery, make_settings: Callable[..., Settings]
+) -> None:
+    from server.serve import serve
+
+    server: ServerHandle = await nursery.start(
+        lambda task_status: serve(
+            make_settings(), stt_provider=FakeSttProvider(open_capacity=0), task_status=task_status
+        )
+    )
+    with trio.fail_after(10):
+        refused = await _refusal(server, "codec=pcm16&sample_rate=16000", await _token(server))
+    assert refused.close_code == 1013
+
+
+async def test_stt_failure_degrades_the_session_instead_of_killing_it(
+    nursery: trio.Nursery, make_settings: Callable[..., Settings]
+) -> None:
+    from server.serve import serve
+
+    settings = make_settings(heartbeat_interval_s=0.2)
+    server: ServerHandle = await nursery.start(
+        lambda task_status: serve(
+            settings, stt_provider=FakeSttProvider(fail_after_chunks=1), task_status=task_status
+        )
+    )
+    with trio.fail_after(20):
+        token = await _token(server)
+        async with open_listen(server, token=token) as ws:
+            for frame in frames(pcm(2.0)):
+                await ws.send_message(frame)
+            received = await read_until(
+                ws,
+                Received(),
+                lambda r: "stt_degraded" in [e.get("status") for e in r.events] and r.pings >= 2,
+            )
+            await ws.send_message(frames(pcm(0.1))[0])  # still accepting audio
+    assert received.close_code is None
+    assert len(received.segments) == 1
+
+
+async def test_heartbeat_pings_and_idle_timeout_closes_1001(
+    nursery: trio.Nursery, make_settings: Callable[..., Settings]
+) -> None:
+    server = await start_server(
+        nursery, make_settings(heartbeat_interval_s=0.1, idle_timeout_s=0.6)
+    )
+    with trio.fail_after(20):
+        async with open_listen(server, token=await _token(server)) as ws:
+            received = await read_to_close(ws)
+    assert received.pings >= 3
+    assert received.close_code == 1001 and "idle" in (received.close_reason or "")
+
+
+async def test_shutdown_sends_last_segments_then_1001(
+    nursery: trio.Nursery, make_settings: Callable[..., Settings]
+) -> None:
+    server = await start_server(nursery, make_settings(graceful_shutdown_s=5.0))
+    audio = pcm(1.5, seed=7)
+    results: list[Received] = []
+    partial: list[Received] = []
+
+    async def stream(token: str) -> None:
+        async with open_listen(server, token=token) as ws:
+            received = await read_until(ws, Received(), lambda r: len(r.events) >= 3)
+            partial.append(received)
+            for frame in frames(audio):
+                await ws.send_message(frame)
+            await read_until(ws, received, lambda r: len(r.segments) >= 1)
+            results.append(await read_until(ws, received, lambda r: False))
+
+    with trio.fail_after(20):
+        tokens = [await _token(server, name) for name in ("alice", "bob")]
+        async with trio.open_nursery() as clients:
+            for token in tokens:
+                clients.start_soon(stream, token)
+            registry = server.context.services["sessions"]
+            await wait_until(lambda: registry.statistics().live == 2)
+            await wait_until(lambda: sum(len(r.segments) for r in partial) >= 2)
+            server.request_shutdown()
+    expected = _expected(audio, 1) + [fake_text(1, audio[SECOND:])]
+    for received in results:
+        assert received.close_code == 1001
+        assert received.joined() == " ".join(expected)  # the tail was flushed before closing
+
+
+async def test_closed_socket_during_session_is_tolerated(server: ServerHandle) -> None:
+    with trio.fail_after(10):
+        token = await _token(server)
+        async with open_listen(server, token=token) as ws:
+            await ws.send_message(frames(pcm(0.5))[0])
+            await ws.aclose()
+        with pytest.raises(ConnectionClosed):
+            await ws.get_message()
+        async with httpx.AsyncClient(base_url=server.url) as client:
+            ok = await client.get("/health")
+    assert ok.status_code == 200
