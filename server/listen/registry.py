@@ -7,6 +7,7 @@ workers to a user's live sessions, and drains every session on shutdown.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol, final
@@ -43,6 +44,10 @@ class LiveSession(Protocol):
         """Ask the session to flush and close 1001 (server shutdown)."""
         ...
 
+    def counters(self) -> dict[str, int]:
+        """Cumulative per-session counters (frames, bad frames, VAD bytes, ...)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class SessionRegistryStatistics:
@@ -54,6 +59,8 @@ class SessionRegistryStatistics:
     refused_server_cap: int
     refused_user_cap: int
     refused_draining: int
+    totals: dict[str, int]
+    vad_skipped_share: float
 
 
 @final
@@ -70,6 +77,7 @@ class SessionRegistry:
         self._empty.set()
         self._admitted = 0
         self._refused = {"server": 0, "user": 0, "draining": 0}
+        self._ended_totals: Counter[str] = Counter()
 
     def admit(self, session: LiveSession) -> None:
         """Register ``session`` or raise :class:`AdmissionError` (close 1013 / 1001)."""
@@ -95,6 +103,7 @@ class SessionRegistry:
         """Forget ``session`` (idempotent)."""
         if self._sessions.pop(session.session_id, None) is None:
             return
+        self._ended_totals.update(session.counters())
         mine = self._by_user.get(session.user_id)
         if mine is not None:
             mine.discard(session.session_id)
@@ -129,7 +138,11 @@ class SessionRegistry:
         await self._empty.wait()
 
     def statistics(self) -> SessionRegistryStatistics:
-        """A snapshot of the counters."""
+        """A snapshot of the counters (totals cover ended and live sessions)."""
+        totals = Counter(self._ended_totals)
+        for session in self._sessions.values():
+            totals.update(session.counters())
+        audio = totals["vad_forwarded_bytes"] + totals["vad_skipped_bytes"]
         return SessionRegistryStatistics(
             live=len(self._sessions),
             users=len(self._by_user),
@@ -137,4 +150,6 @@ class SessionRegistry:
             refused_server_cap=self._refused["server"],
             refused_user_cap=self._refused["user"],
             refused_draining=self._refused["draining"],
+            totals=dict(totals),
+            vad_skipped_share=totals["vad_skipped_bytes"] / audio if audio else 0.0,
         )

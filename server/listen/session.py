@@ -122,6 +122,21 @@ class ListenSession:
 
     # -- the registry's view ---------------------------------------------------------------
 
+    def counters(self) -> dict[str, int]:
+        """Cumulative counters of this session (summed server-wide by the registry)."""
+        gate = self._gate.statistics()
+        return {
+            "frames": self.frames,
+            "keepalives": self.keepalives,
+            "bad_frames": self.bad_frames,
+            "segments_sent": self.segments_sent,
+            "dropped_events": self.dropped_events,
+            "vad_forwarded_bytes": gate.forwarded_bytes,
+            "vad_skipped_bytes": gate.skipped_bytes,
+            "persisted_segments": self.tracker.persisted_segments,
+            "persist_failures": self.tracker.persist_failures,
+        }
+
     @property
     def conversation_id(self) -> str | None:
         """The conversation currently extended by this session."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pathlib
 from collections.abc import Callable
 
 import httpx
@@ -254,3 +255,30 @@ async def test_closed_socket_during_session_is_tolerated(server: ServerHandle) -
         async with httpx.AsyncClient(base_url=server.url) as client:
             ok = await client.get("/health")
     assert ok.status_code == 200
+
+
+@pytest.mark.slow
+async def test_embedded_stt_with_vad_returns_most_words_of_real_speech(
+    nursery: trio.Nursery, make_settings: Callable[..., Settings]
+) -> None:
+    """The default stack: flite speech -> VAD gate -> pocketsphinx worker process -> segments."""
+    fixture = pathlib.Path(__file__).parents[1] / "fixtures" / "speech"
+    audio = (fixture / "two_sentences.raw").read_bytes()
+    reference = (fixture / "two_sentences.txt").read_text().split()
+    settings = make_settings(stt="embedded", vad="active", stt_workers=1, stt_streams_per_worker=1)
+    server = await start_server(nursery, settings)
+    with trio.fail_after(60):
+        async with open_listen(server, token=await _token(server)) as ws:
+            received = await read_until(ws, Received(), lambda r: len(r.events) >= 3)
+            for frame in frames(audio + bytes(RATE * 2)):  # one second of silence to end it
+                await ws.send_message(frame)
+                await trio.sleep(0.02)  # faster than real time, but paced like a device
+            words = set(reference)
+            await read_until(
+                ws, received, lambda r: len(words & set(r.joined().split())) >= 0.7 * len(words)
+            )
+    heard = received.joined().split()
+    assert len(set(reference) & set(heard)) >= 0.7 * len(set(reference)), heard
+    assert server.context.stats["stt"]()["finals"] >= 1
+    skipped = server.context.services["sessions"].statistics().vad_skipped_share
+    assert 0.0 < skipped < 0.6  # the trailing second of silence was not sent to STT
