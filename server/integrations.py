@@ -138,6 +138,8 @@ async def open_integrations(
         allow_loopback=settings.allow_loopback_webhooks,
         limits=httpx.Limits(max_connections=256, max_keepalive_connections=32),
     )
+    if isinstance(transport, PinnedTransport):
+        ctx.stats["webhook_ssrf"] = transport.statistics
     thread_lane = ThreadLane("summarise", 1, max_waiting=4 * settings.processing_workers)
     async with AsyncExitStack() as stack:
         stack.push_async_callback(_close_lane, thread_lane)

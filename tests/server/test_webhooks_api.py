@@ -55,6 +55,34 @@ async def test_webhook_crud_secrets_and_isolation(
             assert (await client.get(path, headers=alice)).status_code == 404
 
 
+async def test_app_crud_refreshes_the_realtime_cache(
+    nursery: trio.Nursery, make_settings: Callable[..., Settings]
+) -> None:
+    server = await start_server(nursery, make_settings())
+    realtime = server.context.stats["webhooks_realtime"]
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client, open_receivers() as rx:
+        with trio.fail_after(20):
+            alice = auth(await create_user_token(client, "alice"))
+            body = {"name": "Coach", "url": rx.url("/app"), "triggers": ["memory_created"]}
+            created = await client.post("/v1/apps", json=body, headers=alice)
+            assert created.status_code == 201, created.text
+            app = created.json()
+            assert app["triggers"] == ["memory_created"] and app["secret"].startswith("whsec_")
+            assert realtime().endpoints == 0  # type: ignore[attr-defined]
+            path = f"/v1/apps/{app['id']}"
+            patch = {"triggers": ["realtime_transcript", "audio_bytes"], "name": "Coach 2"}
+            patched = (await client.patch(path, json=patch, headers=alice)).json()
+            assert patched["triggers"] == ["realtime_transcript", "audio_bytes"]
+            assert realtime().endpoints == 1  # type: ignore[attr-defined]
+            listed = (await client.get("/v1/apps", headers=alice)).json()["apps"]
+            assert [(a["id"], a["name"]) for a in listed] == [(app["id"], "Coach 2")]
+            assert (await client.get("/v1/webhooks", headers=alice)).json()["webhooks"] == []
+            assert (await client.get(f"/v1/webhooks/{app['id']}", headers=alice)).status_code == 404
+            await client.patch(path, json={"enabled": False}, headers=alice)
+            assert realtime().endpoints == 0  # type: ignore[attr-defined]
+            assert (await client.delete(path, headers=alice)).status_code == 204
+
+
 async def test_bad_input_is_refused(
     nursery: trio.Nursery, make_settings: Callable[..., Settings]
 ) -> None:
