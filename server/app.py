@@ -8,9 +8,10 @@ quart-trio app built by :func:`create_quart_app`. No I/O happens at import or in
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 from quart import Quart, Response, current_app, request
@@ -43,8 +44,16 @@ def json_response(
 
 
 def _json_default(value: object) -> object:
+    """Statistics records and friends: dataclasses (shallow, recursed by json), mappings,
+    enums, sets; anything else as its string."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=str)
     return str(value)
 
 

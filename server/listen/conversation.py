@@ -151,7 +151,7 @@ class ConversationTracker:
         self._last_speech_wall = max(self._last_speech_wall, audio_origin_wall + result.end_s)
         if len(self._pending) >= FLUSH_BATCH:
             await self.flush()
-        return updated
+        return updated, removed
 
     async def flush(self) -> None:
         """Write pending segments in one transaction; on failure keep them for the next try."""
@@ -185,14 +185,14 @@ class ConversationTracker:
 
     async def _close(self, conversation: Conversation, now: float) -> None:
         outcome = await self._store.close_conversation(conversation.id, now)
-        if outcome == "processing":
-            self._wake_processing()
-            closed = await self._store.get_conversation(self._user_id, conversation.id)
-            if closed is not None:
-                memory = self._conversation_json(closed)
-                await self._emit(
-                    {"type": "memory_processing_started", "memory": memory, "messages": []}
-                )
+        if outcome != "processing":
+            return
+        # Read it back *before* waking the workers, so the event shows it as ``processing``.
+        closed = await self._store.get_conversation(self._user_id, conversation.id)
+        self._wake_processing()
+        if closed is not None:
+            memory = self._conversation_json(closed)
+            await self._emit({"type": "memory_processing_started", "memory": memory, "messages": []})
 
 
 def _shift(result: SttResult, offset_s: float) -> SttResult:

@@ -269,7 +269,9 @@ class ListenSession:
     async def _on_final(self, result: SttResult) -> None:
         origin = self._audio_origin_wall if self._audio_origin_wall is not None else wall_now()
         mapped = _map_times(result, self._gate.to_session_s)
-        updated = await self.tracker.add_final(mapped, origin)
+        updated, removed = await self.tracker.add_final(mapped, origin)
+        if removed:  # a merge moved text out of these: clients drop them (Omi's event)
+            await self.emit({"type": "segments_deleted", "segment_ids": removed})
         if not updated:
             return
         payload = [segment.to_json() for segment in updated]

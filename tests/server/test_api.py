@@ -250,4 +250,7 @@ async def test_stats_needs_admin(client: httpx.AsyncClient) -> None:
         denied = await client.get("/v1/stats", headers=auth(token))
         stats = await client.get("/v1/stats", headers=auth(ADMIN_TOKEN))
     assert denied.status_code == 403
-    assert {"storage", "loop_lag"} <= set(stats.json())
+    assert stats.status_code == 200, stats.text
+    body = stats.json()
+    assert {"storage", "loop_lag", "sessions", "stt", "sweeper"} <= set(body)
+    assert body["storage"]["capacity"] == 4 and body["sessions"]["live"] == 0
