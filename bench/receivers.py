@@ -1,0 +1,383 @@
+"""A fleet of loopback webhook receivers with fault profiles, for benchmark runs.
+
+One listener on ``127.0.0.1``; each endpoint has its own path ``/hook/<profile>/<n>``:
+
+============  ===============================================================================
+profile       behaviour
+============  ===============================================================================
+``healthy``   200 at once
+``hanging``   reads the request, never answers; the handler ends when the client gives up
+              (closes), after :data:`HANG_MAX_S`, or when the fleet is cancelled
+``failing``   500 at once
+``slow``      200 after ``slow_s`` (default :data:`SLOW_DELAY_S`)
+============  ===============================================================================
+
+Every request is recorded as a :class:`Delivery` (arrival time on the trio clock, path,
+lower-case headers such as ``webhook-id``, body size, and for realtime transcript payloads the
+``seg<N> <crc>`` tokens of the fake STT), so :func:`delivery_report` can join deliveries with
+the load generator's send times (``LoadResult.token_sent_at``; both must run in the same trio
+run) into per-profile delivery latency and drops. Records are bounded (:data:`MAX_RECORDS`,
+the oldest are dropped and counted); connections are bounded (:data:`MAX_CONNECTIONS`, extra
+ones are closed at once and counted).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import h11
+import httpx
+import trio
+
+from bench._stats import LatencySummary, summarise
+from bench.loadgen import SEG_TOKEN, check_loopback
+
+__all__ = [
+    "PROFILES",
+    "Delivery",
+    "FleetStatistics",
+    "ProfileReport",
+    "ProfileStatistics",
+    "ReceiverFleet",
+    "delivery_report",
+    "register_fleet",
+    "serve_receivers",
+]
+
+PROFILES: Final = ("healthy", "hanging", "failing", "slow")
+SLOW_DELAY_S: Final = 2.0
+#: A hanging handler gives up after this long even if the client never does.
+HANG_MAX_S: Final = 300.0
+#: Deliveries kept; beyond it the oldest record is dropped (and counted).
+MAX_RECORDS: Final = 200_000
+#: Concurrent connections served; extra ones are closed at once (and counted).
+MAX_CONNECTIONS: Final = 2048
+MAX_REQUEST_BYTES: Final = 8 * 1024 * 1024
+READ_CHUNK_BYTES: Final = 65536
+_STATUS: Final = {"healthy": 200, "failing": 500, "slow": 200}
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One request a receiver got."""
+
+    arrived_at: float
+    profile: str
+    path: str
+    query: str
+    headers: tuple[tuple[str, str], ...]
+    body_bytes: int
+    kind: str  # "realtime_transcript" | "memory_created" | "other"
+    tokens: tuple[str, ...]
+
+    def header(self, name: str) -> str | None:
+        """A header's value (``name`` in lower case), or None."""
+        return next((v for k, v in self.headers if k == name), None)
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileStatistics:
+    """Counters of one profile."""
+
+    endpoints: int
+    requests: int
+    answered: int
+    hanging_now: int
+    realtime: int
+    memory_created: int
+    body_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class FleetStatistics:
+    """Counters of the whole fleet."""
+
+    profiles: Mapping[str, ProfileStatistics]
+    connections_open: int
+    connections_refused: int
+    records_dropped: int
+
+
+@dataclass(slots=True)
+class _ProfileCounters:
+    endpoints: int = 0
+    requests: int = 0
+    answered: int = 0
+    hanging_now: int = 0
+    realtime: int = 0
+    memory_created: int = 0
+    body_bytes: int = 0
+
+
+@dataclass(eq=False)
+class ReceiverFleet:
+    """The running fleet: its URLs, what it received, and its counters."""
+
+    port: int
+    urls: Mapping[str, tuple[str, ...]]
+    slow_s: float = SLOW_DELAY_S
+    deliveries: deque[Delivery] = field(default_factory=lambda: deque(maxlen=MAX_RECORDS))
+    _counters: dict[str, _ProfileCounters] = field(default_factory=dict)
+    _connections: trio.CapacityLimiter = field(
+        default_factory=lambda: trio.CapacityLimiter(MAX_CONNECTIONS)
+    )
+    _refused: int = 0
+    _dropped: int = 0
+
+    def statistics(self) -> FleetStatistics:
+        """A snapshot of the counters."""
+        profiles = {
+            name: ProfileStatistics(
+                c.endpoints,
+                c.requests,
+                c.answered,
+                c.hanging_now,
+                c.realtime,
+                c.memory_created,
+                c.body_bytes,
+            )
+            for name, c in self._counters.items()
+        }
+        return FleetStatistics(
+            profiles, self._connections.borrowed_tokens, self._refused, self._dropped
+        )
+
+    def all_urls(self) -> list[str]:
+        """Every endpoint URL, profile by profile."""
+        return [url for urls in self.urls.values() for url in urls]
+
+    def _record(self, delivery: Delivery) -> None:
+        if len(self.deliveries) == self.deliveries.maxlen:
+            self._dropped += 1
+        self.deliveries.append(delivery)
+        c = self._counter(delivery.profile)
+        c.requests += 1
+        c.body_bytes += delivery.body_bytes
+        c.realtime += delivery.kind == "realtime_transcript"
+        c.memory_created += delivery.kind == "memory_created"
+
+    def _counter(self, profile: str) -> _ProfileCounters:
+        return self._counters.setdefault(profile, _ProfileCounters())
+
+
+def _profile_of(path: str) -> str:
+    parts = path.split("/")
+    if len(parts) == 4 and parts[1] == "hook" and parts[2] in PROFILES:
+        return parts[2]
+    return "unknown"
+
+
+def _classify(body: bytes) -> tuple[str, tuple[str, ...]]:
+    try:
+        data: Any = json.loads(body)
+    except ValueError:
+        return "other", ()
+    if isinstance(data, dict) and isinstance(data.get("segments"), list):
+        texts = (str(s.get("text", "")) for s in data["segments"] if isinstance(s, dict))
+        tokens = tuple(m.group(0) for text in texts for m in SEG_TOKEN.finditer(text))
+        return "realtime_transcript", tokens
+    if isinstance(data, dict) and "transcript_segments" in data:
+        return "memory_created", ()
+    return "other", ()
+
+
+async def _read_request(
+    conn: h11.Connection, stream: trio.SocketStream
+) -> tuple[h11.Request, bytes] | None:
+    """The next complete request, or None when the client closed."""
+    request: h11.Request | None = None
+    body = bytearray()
+    while True:  # noqa: ASYNC913 -- each turn consumes buffered data or reads more
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(bytes(await stream.receive_some(READ_CHUNK_BYTES)))
+        elif isinstance(event, h11.Request):
+            request = event
+        elif isinstance(event, h11.Data):
+            body += event.data
+            if len(body) > MAX_REQUEST_BYTES:
+                raise h11.RemoteProtocolError("request body too large")
+        elif isinstance(event, h11.EndOfMessage) and request is not None:
+            return request, bytes(body)  # noqa: ASYNC910 -- the caller checkpoints to answer
+        else:  # ConnectionClosed or PAUSED
+            await trio.lowlevel.checkpoint()
+            return None
+
+
+def _response(conn: h11.Connection, status: int, body: bytes) -> bytes:
+    headers = [("content-type", "text/plain"), ("content-length", str(len(body)))]
+    data = conn.send(h11.Response(status_code=status, headers=headers)) or b""
+    data += conn.send(h11.Data(data=body)) or b""
+    return data + (conn.send(h11.EndOfMessage()) or b"")
+
+
+async def _hang(fleet: ReceiverFleet, stream: trio.SocketStream) -> None:
+    """Answer nothing until the client closes, :data:`HANG_MAX_S` passes, or cancellation."""
+    counter = fleet._counter("hanging")
+    counter.hanging_now += 1
+    try:
+        with trio.move_on_after(HANG_MAX_S):
+            while await stream.receive_some(READ_CHUNK_BYTES):
+                pass
+    finally:
+        counter.hanging_now -= 1
+
+
+async def _answer(
+    fleet: ReceiverFleet, conn: h11.Connection, stream: trio.SocketStream, request: h11.Request,
+    body: bytes,
+) -> bool:  # fmt: skip
+    """Record and answer one request; False when the connection must end (hanging)."""
+    target = request.target.decode("latin-1")
+    path, _, query = target.partition("?")
+    profile = _profile_of(path)
+    kind, tokens = _classify(body)
+    headers = tuple((k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in request.headers)
+    fleet._record(
+        Delivery(trio.current_time(), profile, path, query, headers, len(body), kind, tokens)
+    )
+    if profile == "hanging":
+        await _hang(fleet, stream)
+        return False
+    if profile == "slow":
+        await trio.sleep(fleet.slow_s)
+    status = _STATUS.get(profile, 404)
+    await stream.send_all(_response(conn, status, b"ok" if status == 200 else b"no"))
+    fleet._counter(profile).answered += 1
+    return True
+
+
+async def _serve_connection(fleet: ReceiverFleet, stream: trio.SocketStream) -> None:
+    try:
+        fleet._connections.acquire_nowait()
+    except trio.WouldBlock:
+        fleet._refused += 1
+        await trio.aclose_forcefully(stream)
+        return
+    conn = h11.Connection(h11.SERVER)
+    try:
+        while True:
+            got = await _read_request(conn, stream)
+            if got is None or not await _answer(fleet, conn, stream, *got):
+                return
+            if conn.our_state is h11.MUST_CLOSE:
+                return
+            conn.start_next_cycle()
+    except (h11.ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
+        return  # noqa: ASYNC910 -- the finally block checkpoints
+    finally:
+        fleet._connections.release()
+        await trio.aclose_forcefully(stream)
+
+
+async def serve_receivers(  # noqa: ASYNC114 -- no project-wide startable list is configured
+    profiles: Mapping[str, int],
+    *,
+    slow_s: float = SLOW_DELAY_S,
+    task_status: trio.TaskStatus[ReceiverFleet] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``profiles`` (name -> endpoint count) on 127.0.0.1 until cancelled.
+
+    ``task_status.started(fleet)`` hands over the :class:`ReceiverFleet`; cancelling this task
+    cancels every handler, hung ones included.
+    """
+    unknown = set(profiles) - set(PROFILES)
+    if unknown:
+        raise ValueError(f"unknown profiles: {sorted(unknown)}")
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    urls = {
+        name: tuple(f"http://127.0.0.1:{port}/hook/{name}/{n}" for n in range(count))
+        for name, count in profiles.items()
+    }
+    fleet = ReceiverFleet(port, urls, slow_s)
+    for name, count in profiles.items():
+        fleet._counter(name).endpoints = count
+    task_status.started(fleet)
+
+    async def handler(stream: trio.SocketStream) -> None:
+        await _serve_connection(fleet, stream)
+
+    await trio.serve_listeners(handler, listeners)
+
+
+# -- analysis -----------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ProfileReport:
+    """Delivery of realtime transcript tokens to one profile's endpoints.
+
+    Attributes:
+        latency: first arrival of each token at each endpoint - send time of its last frame.
+        expected: tokens x endpoints that should have arrived.
+        delivered: of those, how many arrived at least once.
+        dropped: ``expected - delivered``.
+        duplicates: token arrivals beyond the first per endpoint (retries, resends).
+    """
+
+    latency: LatencySummary
+    expected: int
+    delivered: int
+    dropped: int
+    duplicates: int
+
+    def to_json(self) -> dict[str, Any]:
+        """A plain dict."""
+        return {"latency": self.latency.to_json(), "expected": self.expected,
+                "delivered": self.delivered, "dropped": self.dropped,
+                "duplicates": self.duplicates}  # fmt: skip
+
+
+def delivery_report(
+    fleet: ReceiverFleet, token_sent_at: Mapping[str, float], *, profiles: Iterable[str] = ()
+) -> dict[str, ProfileReport]:
+    """Per profile: delivery latency and drops of the given tokens at every endpoint.
+
+    Assumes every endpoint of the reported profiles was registered (as ``realtime_transcript``)
+    for the user of every session that produced ``token_sent_at``.
+    """
+    first: dict[str, dict[str, float]] = {}
+    duplicates: dict[str, int] = {}
+    for d in fleet.deliveries:
+        seen = first.setdefault(d.path, {})
+        for token in d.tokens:
+            if token in seen:
+                duplicates[d.profile] = duplicates.get(d.profile, 0) + 1
+            else:
+                seen[token] = d.arrived_at
+    names = list(profiles) or list(fleet.urls)
+    return {name: _report(fleet, name, first, duplicates.get(name, 0), token_sent_at)
+            for name in names}  # fmt: skip
+
+
+def _report(
+    fleet: ReceiverFleet, profile: str, first: Mapping[str, Mapping[str, float]],
+    duplicates: int, token_sent_at: Mapping[str, float],
+) -> ProfileReport:  # fmt: skip
+    latencies: list[float] = []
+    paths = [urlsplit(url).path for url in fleet.urls.get(profile, ())]
+    for path in paths:
+        seen = first.get(path, {})
+        latencies += [seen[t] - sent for t, sent in token_sent_at.items() if t in seen]
+    expected = len(token_sent_at) * len(paths)
+    return ProfileReport(summarise(latencies), expected, len(latencies),
+                         expected - len(latencies), duplicates)  # fmt: skip
+
+
+async def register_fleet(
+    base_url: str, token: str, urls: Iterable[str], kind: str = "realtime_transcript"
+) -> list[str]:
+    """Register ``urls`` with ``POST {base_url}/v1/webhooks``; returns the endpoint ids."""
+    check_loopback(base_url)
+    ids: list[str] = []
+    headers = {"authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=base_url, headers=headers) as http:
+        for url in urls:
+            response = await http.post("/v1/webhooks", json={"kind": kind, "url": url})
+            response.raise_for_status()
+            ids.append(str(response.json()["id"]))
+    return ids
