@@ -52,6 +52,7 @@ __all__ = [
     "LoadResult",
     "NotLoopbackError",
     "ServerSample",
+    "SessionSummary",
     "check_loopback",
     "expected_token",
     "find_max_sessions",
@@ -69,6 +70,8 @@ FIXTURE_SESSION_STRIDE_SAMPLES: Final = 7919
 DISCONNECT_TIMEOUT_S: Final = 5.0
 MAX_MESSAGE_BYTES: Final = 4 * 1024 * 1024
 DEFAULT_STEPS: Final = (10, 25, 50, 100, 200, 400, 800)
+#: Worker processes stop this much before the parent's bound, so their reports still arrive.
+WORKER_MARGIN_S: Final = 3.0
 
 
 class NotLoopbackError(ValueError):
@@ -111,6 +114,7 @@ class LoadConfig:
         max_total_s: hard bound of the whole run; a cut run is marked ``truncated``.
         server_pid: sample this process's RSS, threads and CPU from /proc.
         stats_url: poll this loopback JSON endpoint (``loop_lag`` is extracted).
+        processes: spread the sessions over this many worker processes (1: this process).
     """
 
     url: str
@@ -133,6 +137,7 @@ class LoadConfig:
     stats_token: str | None = None
     sample_interval_s: float = 1.0
     extra_query: tuple[tuple[str, str], ...] = ()
+    processes: int = 1
 
     def __post_init__(self) -> None:
         check_loopback(self.url)
@@ -140,6 +145,8 @@ class LoadConfig:
             check_loopback(self.stats_url)
         if self.sessions < 1 or not self.tokens or self.duration_s < 1:
             raise ValueError("need sessions >= 1, duration_s >= 1 and at least one token")
+        if self.processes < 1:
+            raise ValueError("processes must be >= 1")
         if self.codec not in PCM_CODECS:
             raise ValueError(f"codec must be one of {sorted(PCM_CODECS)}")
         if 1000 % self.frame_ms or self.bytes_per_second * self.frame_ms % 1000:
@@ -526,37 +533,74 @@ class LoadResult:
         return data
 
 
+@dataclass(frozen=True, slots=True)
+class SessionSummary:
+    """What one session contributes to a :class:`LoadResult` (JSON-able, for workers)."""
+
+    index: int
+    connected: bool
+    error: str | None
+    latencies: tuple[float, ...]
+    expected: int
+    received: int
+    lost: int
+    reordered: int
+    mismatched: int
+    unexpected: int
+    frames_sent: int
+    stream_s: float
+    send_lag_max_s: float
+    late_frames: int
+    events: Mapping[str, int]
+
+    @classmethod
+    def of(cls, rec: SessionRecord) -> SessionSummary:
+        """Summarise a finished (or cut) session."""
+        return cls(
+            rec.index, rec.connected, rec.error, tuple(rec.latencies()),
+            len(rec.last_frame_at), len(rec.first_seen), rec.lost(), rec.reordered,
+            rec.mismatched, rec.unexpected, rec.frames_sent, rec.stream_s, rec.send_lag_max_s,
+            rec.late_frames, dict(rec.events),
+        )  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SessionSummary:
+        """The inverse of ``asdict``."""
+        return cls(**{**data, "latencies": tuple(data["latencies"])})
+
+
 def _aggregate(
-    config: LoadConfig, records: Sequence[SessionRecord], sampler: _Sampler, wall_s: float,
-    truncated: bool,
+    config: LoadConfig, sessions: Sequence[SessionSummary], sampler: _Sampler, wall_s: float,
+    truncated: bool, token_sent_at: Mapping[str, float],
 ) -> LoadResult:  # fmt: skip
     failed: dict[str, int] = {}
     events: dict[str, int] = {}
-    for rec in records:
-        if rec.error or not rec.connected:
-            reason = rec.error or "not started"
+    for one in sessions:
+        if one.error or not one.connected:
+            reason = one.error or "not started"
             failed[reason] = failed.get(reason, 0) + 1
-        for kind, n in rec.events.items():
+        for kind, n in one.events.items():
             events[kind] = events.get(kind, 0) + n
-    live = [r for r in records if r.connected]
-    stream_s = sum(r.stream_s for r in live)
+    failed["not started"] = failed.get("not started", 0) + config.sessions - len(sessions)
+    live = [one for one in sessions if one.connected]
+    stream_s = sum(one.stream_s for one in live)
     has_lag = config.stats_url is not None and sampler.stats is not None
     return LoadResult(
         sessions=config.sessions,
         connected=len(live),
-        succeeded=sum(1 for r in live if r.error is None),
-        failed=failed,
-        latency=summarise(x for r in live for x in r.latencies()),
-        segments_expected=sum(len(r.last_frame_at) for r in live),
-        segments_received=sum(len(r.first_seen) for r in live),
-        lost=sum(r.lost() for r in live),
-        reordered=sum(r.reordered for r in live),
-        mismatched=sum(r.mismatched for r in live),
-        unexpected=sum(r.unexpected for r in live),
-        frames_sent=sum(r.frames_sent for r in records),
-        frame_rate_per_session=sum(r.frames_sent for r in live) / stream_s if stream_s else 0.0,
-        send_lag_max_s=max((r.send_lag_max_s for r in records), default=0.0),
-        late_frames=sum(r.late_frames for r in records),
+        succeeded=sum(1 for one in live if one.error is None),
+        failed={k: v for k, v in failed.items() if v},
+        latency=summarise(x for one in live for x in one.latencies),
+        segments_expected=sum(one.expected for one in live),
+        segments_received=sum(one.received for one in live),
+        lost=sum(one.lost for one in live),
+        reordered=sum(one.reordered for one in live),
+        mismatched=sum(one.mismatched for one in live),
+        unexpected=sum(one.unexpected for one in live),
+        frames_sent=sum(one.frames_sent for one in sessions),
+        frame_rate_per_session=sum(one.frames_sent for one in live) / stream_s if stream_s else 0.0,
+        send_lag_max_s=max((one.send_lag_max_s for one in sessions), default=0.0),
+        late_frames=sum(one.late_frames for one in sessions),
         events=events,
         wall_s=wall_s,
         truncated=truncated,
@@ -564,29 +608,98 @@ def _aggregate(
         loop_lag_p99_max_s=sampler.lag_p99_max_s if has_lag else None,
         loop_lag_max_s=sampler.lag_max_s if has_lag else None,
         stats=sampler.stats,
-        token_sent_at={r.expected[k]: t for r in records for k, t in r.last_frame_at.items()},
+        token_sent_at=token_sent_at,
     )
 
 
-async def run_listen_load(config: LoadConfig) -> LoadResult:
-    """Run ``config.sessions`` sessions (ramped), bounded by ``config.max_total_s``."""
+async def _run_local(config: LoadConfig, records: Sequence[SessionRecord]) -> None:
+    """Run ``records``' sessions in this process; session ``i`` starts at ``i`` ramp steps."""
     fixture = load_fixture(config.fixture, config.sample_rate) if config.fixture else None
+    start = trio.current_time()
+    step = config.ramp_s / config.sessions
+    async with trio.open_nursery() as session_nursery:
+        for rec in records:
+            at = start + rec.index * step
+            session_nursery.start_soon(_run_session, config, rec, at, fixture)
+
+
+def _config_json(config: LoadConfig) -> str:
+    data = asdict(config)
+    data["fixture"] = str(config.fixture) if config.fixture else None
+    return json.dumps(data)
+
+
+def _config_from_json(text: str) -> LoadConfig:
+    data = json.loads(text)
+    data["tokens"] = tuple(data["tokens"])
+    data["extra_query"] = tuple(tuple(pair) for pair in data["extra_query"])
+    data["fixture"] = Path(data["fixture"]) if data["fixture"] else None
+    return LoadConfig(**data)
+
+
+async def _run_worker_process(
+    config: LoadConfig, worker: int, out: list[SessionSummary], cut: list[bool]
+) -> None:
+    """One ``python -m bench.loadgen worker`` process running every ``processes``-th session."""
+    worker_config = replace(config, max_total_s=max(1.0, config.max_total_s - WORKER_MARGIN_S),
+                            server_pid=None, stats_url=None)  # fmt: skip
+    argv = [sys.executable, "-m", "bench.loadgen", "worker", _config_json(worker_config),
+            str(worker), str(config.processes)]  # fmt: skip
+    done = await trio.run_process(argv, capture_stdout=True, check=False)
+    try:
+        report = json.loads(done.stdout)
+    except ValueError:
+        cut.append(True)
+        return
+    cut.append(bool(report["truncated"]))
+    out.extend(SessionSummary.from_json(one) for one in report["sessions"])
+
+
+async def _run_workers(config: LoadConfig) -> tuple[list[SessionSummary], bool]:
+    out: list[SessionSummary] = []
+    cut: list[bool] = []
+    async with trio.open_nursery() as worker_nursery:
+        for worker in range(config.processes):
+            worker_nursery.start_soon(_run_worker_process, config, worker, out, cut)
+    return out, any(cut) or len(cut) < config.processes
+
+
+async def run_listen_load(config: LoadConfig) -> LoadResult:
+    """Run ``config.sessions`` sessions (ramped), bounded by ``config.max_total_s``.
+
+    With ``config.processes > 1`` the sessions are spread over that many worker processes
+    (``python -m bench.loadgen worker``), so the generator does not become the bottleneck;
+    ``token_sent_at`` is then empty (clocks differ between processes).
+    """
     records = [SessionRecord(i) for i in range(config.sessions)]
     sampler = _Sampler(config)
     start = trio.current_time()
-    step = config.ramp_s / config.sessions
+    summaries: list[SessionSummary] | None = None
     truncated = True
     with trio.move_on_after(config.max_total_s):
         async with trio.open_nursery() as run_nursery:
             run_nursery.start_soon(sampler.run)
-            async with trio.open_nursery() as session_nursery:
-                for rec in records:
-                    at = start + rec.index * step
-                    session_nursery.start_soon(_run_session, config, rec, at, fixture)
+            if config.processes > 1:
+                summaries, truncated = await _run_workers(config)
+            else:
+                await _run_local(config, records)
+                truncated = False
             run_nursery.cancel_scope.cancel()
-        truncated = False
     wall_s = trio.current_time() - start
-    return _aggregate(config, records, sampler, wall_s, truncated)
+    if summaries is not None:
+        return _aggregate(config, summaries, sampler, wall_s, truncated, {})
+    token_sent_at = {r.expected[k]: t for r in records for k, t in r.last_frame_at.items()}
+    sessions = [SessionSummary.of(r) for r in records]
+    return _aggregate(config, sessions, sampler, wall_s, truncated, token_sent_at)
+
+
+async def _worker_main(config: LoadConfig, worker: int, processes: int) -> dict[str, Any]:
+    records = [SessionRecord(i) for i in range(worker, config.sessions, processes)]
+    truncated = True
+    with trio.move_on_after(config.max_total_s):
+        await _run_local(config, records)
+        truncated = False
+    return {"truncated": truncated, "sessions": [asdict(SessionSummary.of(r)) for r in records]}
 
 
 async def find_max_sessions(
@@ -670,6 +783,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stats-url", default=None)
     p.add_argument("--stats-token", default=None)
     p.add_argument("--query", action="append", default=[], help="extra key=value parameter")
+    p.add_argument("--processes", type=int, default=1, help="load generator processes")
     p.add_argument("--find-max", action="store_true", help="grow --steps until p99 >= limit")
     p.add_argument("--steps", default=",".join(map(str, DEFAULT_STEPS)))
     p.add_argument("--p99-limit", type=float, default=0.2, help="seconds")
@@ -685,7 +799,7 @@ def _config(args: argparse.Namespace) -> LoadConfig:
         duration_s=args.duration, frame_ms=args.frame_ms, sample_rate=args.sample_rate,
         fixture=args.fixture, seed=args.seed, grace_s=args.grace, hold_s=args.hold,
         max_total_s=args.max_total, server_pid=args.pid, stats_url=args.stats_url,
-        stats_token=args.stats_token, extra_query=query,
+        stats_token=args.stats_token, extra_query=query, processes=args.processes,
     )  # fmt: skip
 
 
@@ -716,3 +830,16 @@ def main_listen(argv: Sequence[str]) -> int:
 def _write(path: Path | None, data: Mapping[str, Any]) -> None:
     if path is not None:
         path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    # Worker mode (used by run_listen_load with processes > 1): config JSON, worker, processes.
+    if len(sys.argv) == 5 and sys.argv[1] == "worker":
+        cfg, worker_index, count = (
+            _config_from_json(sys.argv[2]),
+            int(sys.argv[3]),
+            int(sys.argv[4]),
+        )
+        print(json.dumps(trio.run(_worker_main, cfg, worker_index, count)))
+        raise SystemExit(0)
+    raise SystemExit(main_listen(sys.argv[1:]))

@@ -90,12 +90,14 @@ def _config(port: int, **overrides: object) -> LoadConfig:
 
 @pytest.mark.slow
 async def test_every_session_gets_every_segment_in_order_from_the_baseline() -> None:
+    """Sessions spread over two worker processes; the rejected run stays in this process."""
     with trio.fail_after(40):
         async with baseline() as (port, pid):
-            config = _config(port, server_pid=pid, stats_url=f"http://127.0.0.1:{port}/v1/stats")
+            stats_url = f"http://127.0.0.1:{port}/v1/stats"
+            config = _config(port, server_pid=pid, stats_url=stats_url, processes=2)
             result = await run_listen_load(config)
             rejected = await run_listen_load(
-                replace(config, tokens=("wrong",), sessions=2, duration_s=1)
+                replace(config, tokens=("wrong",), sessions=2, duration_s=1, processes=1)
             )
 
     assert (result.connected, result.succeeded, dict(result.failed)) == (5, 5, {})
@@ -112,7 +114,7 @@ async def test_every_session_gets_every_segment_in_order_from_the_baseline() -> 
     assert result.server.threads_max >= 1
     assert result.loop_lag_p99_max_s is not None
     assert result.stats is not None and result.stats["sessions"]["total"] >= 5
-    assert len(result.token_sent_at) == 15
+    assert result.token_sent_at == {}  # clocks differ between processes
     assert dict(rejected.failed) == {"rejected:403": 2} and rejected.connected == 0
 
 
