@@ -140,7 +140,7 @@ async def open_core(settings: Settings) -> AsyncIterator[AppContext]:
         yield ctx
 
 
-async def serve(
+async def serve(  # noqa: ASYNC128 -- task_status reaches started() in _run_work
     settings: Settings,
     *,
     handle_signals: bool = False,
@@ -169,7 +169,7 @@ async def serve(
     LOGGER.info("stopped")
 
 
-async def _run_root(
+async def _run_root(  # noqa: ASYNC128 -- task_status reaches started() in _run_work
     ctx: AppContext,
     listen_handler: AsgiApp,
     handle_signals: bool,

@@ -126,8 +126,8 @@ class ConversationTracker:
 
     async def add_final(
         self, result: SttResult, audio_origin_wall: float
-    ) -> list[TranscriptSegment]:
-        """Turn a final result into segment updates; return the new or changed segments.
+    ) -> tuple[list[TranscriptSegment], list[str]]:
+        """Turn a final result into segment updates; return ``(new or changed, removed ids)``.
 
         Args:
             result: a final result with times in *session audio seconds* (the VAD gate's
@@ -151,6 +151,8 @@ class ConversationTracker:
         self._last_speech_wall = max(self._last_speech_wall, audio_origin_wall + result.end_s)
         if len(self._pending) >= FLUSH_BATCH:
             await self.flush()
+        else:
+            await trio.lowlevel.checkpoint()
         return updated, removed
 
     async def flush(self) -> None:
@@ -177,6 +179,7 @@ class ConversationTracker:
     async def roll_over(self, now: float) -> None:
         """The conversation timed out: persist, close it durably, and start a fresh one later."""
         if self.conversation is None:
+            await trio.lowlevel.checkpoint()
             return
         await self.flush()
         conversation, self.conversation = self.conversation, None

@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
+import trio
+
 from lanes import LaneError
 from server.app import AsgiApp, Receive, Scope, Send
 from server.auth import bearer_token
@@ -70,6 +72,7 @@ async def _authenticate(
         if user is None:
             raise _Refused(1008, "invalid or revoked token")
         return user.id
+    await trio.lowlevel.checkpoint()
     ticket = query.get("ticket")
     if ticket:
         user_id = ctx.tickets.redeem(ticket)
@@ -96,6 +99,7 @@ def make_listen_handler(ctx: AppContext, deps: ListenDeps) -> AsgiApp:
 
     async def handler(scope: Scope, receive: Receive, send: Send) -> None:
         ws = AsgiWebSocket(scope, receive, send)
+        await trio.lowlevel.checkpoint()
         try:
             await ws.wait_connect()
             await _serve(ctx, deps, ws)

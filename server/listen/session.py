@@ -37,7 +37,7 @@ from server.listen.codecs import AudioDecoder, BadFrameError
 from server.listen.conversation import ConversationTracker
 from server.listen.hooks import RealtimeHooks
 from server.listen.params import ListenParams
-from server.listen.vad import VadGate
+from server.listen.vad import GateOutput, VadGate
 from server.listen.wire import AsgiWebSocket, ClientGone
 from server.stt.base import SttResult, SttStatus, SttStream, Word
 
@@ -111,6 +111,7 @@ class ListenSession:
         self._receive_scope = trio.CancelScope()
         self._consumer_scope = trio.CancelScope()
         self._drained_outbox = trio.Event()
+        self._outbox_closed = False
         self._cause: CloseCause | None = None
         self._last_client_data = trio.current_time()
         self._audio_origin_wall: float | None = None
@@ -168,10 +169,11 @@ class ListenSession:
         await self._send_text(json.dumps(event, separators=(",", ":")))
 
     async def _send_text(self, text: str) -> None:
-        try:
-            await self._out_send.send(text)
-        except trio.ClosedResourceError:
-            self.dropped_events += 1  # the session is closing: nothing more goes out
+        if self._outbox_closed:  # the session is closing: nothing more goes out
+            self.dropped_events += 1
+            await trio.lowlevel.checkpoint()
+            return
+        await self._out_send.send(text)
 
     async def run(self, stream: SttStream) -> CloseCause:
         """Run the session until it ends; return why. The caller closes the socket."""
@@ -195,47 +197,57 @@ class ListenSession:
             await stream.close()
             await consumer_done.wait()
         self._consumer_scope.cancel()
-        with trio.CancelScope(shield=True), trio.move_on_after(FINAL_PERSIST_S):
+        # The flush's storage call is the cancel point; only a failure before it skips it.
+        with trio.CancelScope(shield=True), trio.move_on_after(FINAL_PERSIST_S):  # noqa: ASYNC912
             try:
                 await self.tracker.flush()
             except Exception:
                 LOGGER.error("session %s: last segment write failed", self.session_id)
+        self._outbox_closed = True
         self._out_send.close()
         if not self._ws.closed:
             with trio.move_on_after(FINAL_SEND_S):
                 await self._drained_outbox.wait()
 
     async def _receive_loop(self, stream: SttStream) -> None:
+        """The hot path: one ``receive`` per frame; the rest is sync unless STT gets audio."""
         ws = self._ws
         while True:
-            try:
-                message = await ws.receive()
-            except ClientGone:
+            message = await ws.receive()
+            if message is None:
                 self.end(CLIENT_GONE)
                 return
             self._last_client_data = trio.current_time()
-            if isinstance(message, bytes):
-                await self._on_audio(message, stream)
-            else:
+            if isinstance(message, str):
                 self._on_text(message)
+                continue
+            out = self._on_audio(message)
+            if out is not None and (out.forward or out.speech_ended):
+                await self._feed(out, stream)
 
-    async def _on_audio(self, frame: bytes, stream: SttStream) -> None:
+    def _on_audio(self, frame: bytes) -> GateOutput | None:
         if len(frame) <= KEEPALIVE_MAX_BYTES:
             self.keepalives += 1
-            return
+            return None
         try:
             pcm = self._decoder.decode(frame)
         except BadFrameError:
             self.bad_frames += 1
-            return
+            return None
         self.frames += 1
         if self._audio_origin_wall is None:
             self._audio_origin_wall = wall_now()
         self._hooks.on_audio(self.user_id, self.session_id, pcm, self._params.sample_rate)
-        out = self._gate.process(pcm)
+        return self._gate.process(pcm)
+
+    @staticmethod
+    async def _feed(out: GateOutput, stream: SttStream) -> None:
+        """Send what the gate let through; ``finalize`` at a pause (called only with either)."""
         if out.forward:
             await stream.send_audio(out.forward)
-        if out.speech_ended:
+            if out.speech_ended:
+                await stream.finalize()
+        else:
             await stream.finalize()
 
     def _on_text(self, text: str) -> None:

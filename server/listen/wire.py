@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final, final
 
+import trio
+
 __all__ = ["AsgiWebSocket", "ClientGone", "Message"]
 
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -50,8 +52,8 @@ class AsgiWebSocket:
         await self._send({"type": "websocket.accept"})
         self.accepted = True
 
-    async def receive(self) -> Message:
-        """The next data frame; raises :class:`ClientGone` when the client left."""
+    async def receive(self) -> Message | None:
+        """The next data frame, or ``None`` once the client left."""
         message = await self._receive()
         if message["type"] == "websocket.receive":
             data = message.get("bytes")
@@ -59,7 +61,7 @@ class AsgiWebSocket:
                 return bytes(data)
             return str(message.get("text") or "")
         self.closed = True
-        raise ClientGone(str(message.get("code", "")))
+        return None
 
     async def send_text(self, text: str) -> None:
         """Send a text frame; raises :class:`ClientGone` if the connection is gone."""
@@ -73,6 +75,7 @@ class AsgiWebSocket:
 
     async def close(self, code: int, reason: str = "") -> None:
         """Close with ``code`` (accepting first, so the client sees the code, not HTTP 403)."""
+        await trio.lowlevel.checkpoint()
         if self.closed:
             return
         self.closed = True

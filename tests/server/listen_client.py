@@ -102,6 +102,7 @@ async def read_until(
     ws: WebSocketConnection, received: Received, done: Callable[[Received], bool]
 ) -> Received:
     """Read messages into ``received`` until ``done(received)`` or the server closes."""
+    await trio.lowlevel.checkpoint()
     while not done(received):
         try:
             received.add(await ws.get_message())

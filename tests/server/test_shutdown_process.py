@@ -116,7 +116,8 @@ async def test_sigterm_with_requests_in_flight_exits_zero_in_time(tmp_path: path
     finally:
         if process.returncode is None:
             process.kill()
-            await process.wait()
+            with trio.CancelScope(shield=True), trio.move_on_after(10):
+                await process.wait()
     output = "".join(lines)
     assert process.returncode == 0, output
     assert elapsed <= GRACE_S + 1.0, (elapsed, output)
@@ -142,6 +143,7 @@ async def test_deadline_holds_with_a_slow_storage_call_in_flight(tmp_path: pathl
         ):
 
             async def slow_write() -> None:
+                await trio.lowlevel.checkpoint()
                 try:
                     await client.post(
                         "/v1/admin/users", json={"name": "bob"}, headers=auth(ADMIN_TOKEN)
@@ -160,7 +162,8 @@ async def test_deadline_holds_with_a_slow_storage_call_in_flight(tmp_path: pathl
             blocker.close()
         if process.returncode is None:
             process.kill()
-            await process.wait()
+            with trio.CancelScope(shield=True), trio.move_on_after(10):
+                await process.wait()
     output = "".join(lines)
     assert process.returncode == 0, output
     assert elapsed <= GRACE_S + 1.0, (elapsed, output)

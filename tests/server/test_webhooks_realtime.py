@@ -97,8 +97,10 @@ async def test_a_healthy_endpoint_gets_transcripts_on_time_while_others_hang(
             last_call = trio.current_time()
             while not any(b"seg-19" in q.body for q in r.receivers.on("/ok")):
                 await r.receivers.wait_for_count("/ok", len(r.receivers.on("/ok")) + 1)
-        assert trio.current_time() - last_call < 0.5
-        assert max(call_s) < 0.005  # the session's hook never waits for the network
+        # Generous bounds (shared CI cores): the point is 'not stuck behind 7 hanging posts
+        # with a 5 s timeout', not a latency figure (bench/ measures those).
+        assert trio.current_time() - last_call < 2.0
+        assert max(call_s) < 0.05  # the session's hook never waits for the network
         received = [json.loads(q.body) for q in r.receivers.on("/ok")]
         ids = [s["id"] for body in received for s in body["segments"]]
         assert sorted(set(ids), key=lambda i: int(i.split("-")[1])) == [
