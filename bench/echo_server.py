@@ -25,6 +25,7 @@ async def echo_app(
     scope: Message, receive: Callable[[], Awaitable[Message]], send: Callable[[Message], Awaitable[None]]
 ) -> None:
     """Accept every WebSocket and send each message straight back."""
+    await trio.lowlevel.checkpoint()
     if scope["type"] == "lifespan":
         while (message := await receive())["type"] != "lifespan.shutdown":
             await send({"type": "lifespan.startup.complete"})

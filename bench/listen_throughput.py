@@ -89,6 +89,7 @@ async def measure_bare(connections: int, seconds: float, *, sink: bool) -> Phase
 
 
 async def _drain_messages(ws: WebSocketConnection) -> None:
+    await trio.lowlevel.checkpoint()
     try:
         while True:
             await ws.get_message()
