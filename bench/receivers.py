@@ -26,7 +26,8 @@ from __future__ import annotations
 import json
 from collections import deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -35,17 +36,20 @@ import httpx
 import trio
 
 from bench._stats import LatencySummary, summarise
-from bench.loadgen import SEG_TOKEN, check_loopback
+from bench.loadgen import SEG_TOKEN, LoadConfig, LoadResult, check_loopback, run_listen_load
 
 __all__ = [
     "PROFILES",
     "Delivery",
+    "FaultRunResult",
     "FleetStatistics",
     "ProfileReport",
     "ProfileStatistics",
     "ReceiverFleet",
     "delivery_report",
+    "format_delivery",
     "register_fleet",
+    "run_listen_with_receivers",
     "serve_receivers",
 ]
 
@@ -59,6 +63,8 @@ MAX_RECORDS: Final = 200_000
 MAX_CONNECTIONS: Final = 2048
 MAX_REQUEST_BYTES: Final = 8 * 1024 * 1024
 READ_CHUNK_BYTES: Final = 65536
+#: After a load run, the fleet counts as settled once no request came for this long.
+QUIET_S: Final = 1.0
 _STATUS: Final = {"healthy": 200, "failing": 500, "slow": 200}
 
 
@@ -128,6 +134,15 @@ class ReceiverFleet:
     )
     _refused: int = 0
     _dropped: int = 0
+    _arrived: trio.Event = field(default_factory=trio.Event)
+
+    async def wait_quiet(self, quiet_s: float) -> None:
+        """Return once no request has arrived for ``quiet_s`` (the caller bounds the wait)."""
+        while True:
+            with trio.move_on_after(quiet_s) as quiet:
+                await self._arrived.wait()
+            if quiet.cancelled_caught:
+                return
 
     def statistics(self) -> FleetStatistics:
         """A snapshot of the counters."""
@@ -152,6 +167,8 @@ class ReceiverFleet:
         return [url for urls in self.urls.values() for url in urls]
 
     def _record(self, delivery: Delivery) -> None:
+        self._arrived.set()
+        self._arrived = trio.Event()
         if len(self.deliveries) == self.deliveries.maxlen:
             self._dropped += 1
         self.deliveries.append(delivery)
@@ -381,3 +398,66 @@ async def register_fleet(
             response.raise_for_status()
             ids.append(str(response.json()["id"]))
     return ids
+
+
+@dataclass(frozen=True, slots=True)
+class FaultRunResult:
+    """A load run with a receiver fleet registered for every session's user."""
+
+    load: LoadResult
+    delivery: Mapping[str, ProfileReport]
+    fleet: FleetStatistics
+    deliveries: tuple[Delivery, ...] = field(repr=False, default=())
+
+    def to_json(self) -> dict[str, Any]:
+        """A plain dict."""
+        return {
+            "load": self.load.to_json(),
+            "delivery": {name: report.to_json() for name, report in self.delivery.items()},
+            "fleet": asdict(self.fleet),
+        }
+
+
+async def run_listen_with_receivers(
+    config: LoadConfig,
+    profiles: Mapping[str, int],
+    *,
+    api_url: str,
+    kinds: Iterable[str] = ("realtime_transcript", "memory_created"),
+    settle_s: float = 5.0,
+    slow_s: float = SLOW_DELAY_S,
+) -> FaultRunResult:
+    """Start a fleet, register it for every token's user, run the load, then report.
+
+    After the load, deliveries still in flight get up to ``settle_s`` (less once no request
+    arrived for :data:`QUIET_S`). The fleet is cancelled at the end, hung handlers included. The load must
+    run in this process (``processes == 1``) so send and arrival times share one clock.
+    """
+    if config.processes != 1:
+        raise ValueError("delivery latency needs processes == 1 (one clock)")
+    async with trio.open_nursery() as fleet_nursery:
+        fleet: ReceiverFleet = await fleet_nursery.start(
+            partial(serve_receivers, profiles, slow_s=slow_s)
+        )
+        for token in dict.fromkeys(config.tokens):
+            for kind in kinds:
+                await register_fleet(api_url, token, fleet.all_urls(), kind)
+        load = await run_listen_load(config)
+        with trio.move_on_after(settle_s):
+            await fleet.wait_quiet(QUIET_S)
+        report = delivery_report(fleet, load.token_sent_at)
+        fleet_nursery.cancel_scope.cancel()
+    return FaultRunResult(load, report, fleet.statistics(), tuple(fleet.deliveries))
+
+
+def format_delivery(result: FaultRunResult) -> str:
+    """One line per profile: delivery latency and drops."""
+    lines = []
+    for name, r in result.delivery.items():
+        lat = r.latency
+        lines.append(
+            f"{name:<8} delivered {r.delivered}/{r.expected} (dropped {r.dropped}, "
+            f"dup {r.duplicates})  p50 {lat.p50_s * 1000:.0f} ms  p99 {lat.p99_s * 1000:.0f} ms"
+            f"  max {lat.max_s * 1000:.0f} ms"
+        )
+    return "\n".join(lines)
