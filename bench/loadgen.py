@@ -750,6 +750,7 @@ def format_table(result: LoadResult) -> str:
         ("lost/reordered/bad", f"{result.lost} / {result.reordered} / {result.mismatched}"),
         ("frames", f"{result.frames_sent} at {result.frame_rate_per_session:.2f}/s per session"),
         ("send lag max", f"{_ms(result.send_lag_max_s)} ({result.late_frames} late frames)"),
+        ("events", ", ".join(f"{k}: {v}" for k, v in sorted(result.events.items())) or "none"),
         ("wall", f"{result.wall_s:.1f} s{' (TRUNCATED)' if result.truncated else ''}"),
     ]
     if result.server is not None:
