@@ -84,6 +84,9 @@ async def test_reconnect_within_the_timeout_resumes_the_conversation(
                 for frame in frames(pcm(1.0, seed=seed)):
                     await ws.send_message(frame)
                 await read_until(ws, received, lambda r: len(r.segments) == 1)
+            # The server finishes the old session (flush, persist) before the device is back.
+            registry = server.context.services["sessions"]
+            await wait_until(lambda: registry.statistics().live == 0)
             clock.jump(60)
         conversations = await _conversations(server, token)
         async with httpx.AsyncClient(base_url=server.url) as client:
