@@ -65,16 +65,22 @@ def _pinned(argv: Sequence[str], cpu: int | None) -> list[str]:
 
 @asynccontextmanager
 async def open_server_process(
-    argv: Sequence[str], *, port_pattern: bytes, env: Mapping[str, str] | None = None,
-    cpu: int | None = None, stream: str = "stdout", start_timeout_s: float = 60.0,
+    argv: Sequence[str],
+    *,
+    port_pattern: bytes,
+    env: Mapping[str, str] | None = None,
+    cpu: int | None = None,
+    stream: str = "stdout",
+    start_timeout_s: float = 60.0,
 ) -> AsyncIterator[ServerProcess]:
     """Start ``argv`` (optionally pinned to ``cpu``), wait for ``port_pattern`` in its output,
     yield it, then SIGTERM it (SIGKILL after 15 s). Output keeps being drained meanwhile."""
-    pipe = {"stdout": subprocess.PIPE} if stream == "stdout" else {"stderr": subprocess.PIPE}
-    process = await trio.lowlevel.open_process(
-        _pinned([sys.executable, *argv] if argv[0] == "-m" else argv, cpu),
-        env={**os.environ, **(env or {})}, **pipe,  # type: ignore[arg-type]
-    )
+    command = _pinned([sys.executable, *argv] if argv[0] == "-m" else argv, cpu)
+    environment = {**os.environ, **(env or {})}
+    if stream == "stdout":
+        process = await trio.lowlevel.open_process(command, env=environment, stdout=subprocess.PIPE)
+    else:
+        process = await trio.lowlevel.open_process(command, env=environment, stderr=subprocess.PIPE)
     source = process.stdout if stream == "stdout" else process.stderr
     assert source is not None
     output: list[str] = []
@@ -92,14 +98,17 @@ async def open_server_process(
                 await process.wait()
 
 
-async def _wait_port(source: trio.abc.ReceiveStream, pattern: bytes, output: list[str],
-                     timeout_s: float) -> int:
+async def _wait_port(
+    source: trio.abc.ReceiveStream, pattern: bytes, output: list[str], timeout_s: float
+) -> int:
     buffer = b""
     with trio.fail_after(timeout_s):
         while True:
             chunk = await source.receive_some(65536)
             if not chunk:
-                raise RuntimeError("server exited before listening:\n" + buffer.decode(errors="replace"))
+                raise RuntimeError(
+                    "server exited before listening:\n" + buffer.decode(errors="replace")
+                )
             buffer += chunk
             match = re.search(pattern, buffer)
             if match:

@@ -12,17 +12,20 @@ from __future__ import annotations
 import signal
 import sys
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, cast
 
 import hypercorn.trio
 import trio
 from hypercorn.config import Config
+from hypercorn.typing import Framework
 
 Message = MutableMapping[str, Any]
 
 
 async def echo_app(
-    scope: Message, receive: Callable[[], Awaitable[Message]], send: Callable[[Message], Awaitable[None]]
+    scope: Message,
+    receive: Callable[[], Awaitable[Message]],
+    send: Callable[[Message], Awaitable[None]],
 ) -> None:
     """Accept every WebSocket and send each message straight back."""
     await trio.lowlevel.checkpoint()
@@ -75,7 +78,10 @@ async def main() -> None:
         nursery.start_soon(on_signals)
         binds = await nursery.start(
             lambda task_status: hypercorn.trio.serve(
-                echo_app, config, shutdown_trigger=stop.wait, task_status=task_status
+                cast(Framework, echo_app),
+                config,
+                shutdown_trigger=stop.wait,
+                task_status=task_status,
             )
         )
         print(f"LISTENING {binds[0].rsplit(':', 1)[1]}", flush=True)

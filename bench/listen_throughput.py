@@ -72,8 +72,9 @@ async def _sink_client(url: str, seconds: float, counts: list[int]) -> None:
 
 async def measure_bare(connections: int, seconds: float, *, sink: bool) -> Phase:
     """Frames per second through the bare server: echoed (ping-pong) or sunk (one-way)."""
-    async with open_server_process(["-m", "bench.echo_server"], port_pattern=rb"LISTENING (\d+)",
-                                   cpu=0) as server:
+    async with open_server_process(
+        ["-m", "bench.echo_server"], port_pattern=rb"LISTENING (\d+)", cpu=0
+    ) as server:
         url = f"ws://127.0.0.1:{server.port}/" + ("sink" if sink else "")
         client = _sink_client if sink else _echo_client
         counts: list[int] = []
@@ -98,7 +99,7 @@ async def _drain_messages(ws: WebSocketConnection) -> None:
 
 
 async def _listen_client(url: str, token: str, seconds: float) -> None:
-    headers = [("Authorization", f"Bearer {token}")]
+    headers = [(b"Authorization", f"Bearer {token}".encode())]
     async with open_websocket_url(url, extra_headers=headers, message_queue_size=64) as ws:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_drain_messages, ws)
@@ -117,20 +118,31 @@ async def _stats_frames(client: httpx.AsyncClient) -> int:
 async def measure_listen(connections: int, seconds: float) -> Phase:
     """Frames accepted per second by ``/v4/listen`` (counted by the server itself)."""
     with tempfile.TemporaryDirectory() as data_dir:
-        env = {"TRIOSCRIBE_DATA_DIR": data_dir, "TRIOSCRIBE_PORT": "0", "TRIOSCRIBE_STT": "fake",
-               "TRIOSCRIBE_VAD": "off", "TRIOSCRIBE_ADMIN_TOKEN": ADMIN,
-               "TRIOSCRIBE_MAX_SESSIONS": str(connections + 10),
-               "TRIOSCRIBE_MAX_SESSIONS_PER_USER": str(connections + 10),
-               "TRIOSCRIBE_DAY_SUMMARY_HOUR_UTC": "-1", "TRIOSCRIBE_LOG_LEVEL": "WARNING"}
-        async with open_server_process(["-m", "server", "--log-level", "INFO"], env=env, cpu=0,
-                                       port_pattern=rb"listening on http://[^:]+:(\d+)",
-                                       stream="stderr") as server:
+        env = {
+            "TRIOSCRIBE_DATA_DIR": data_dir,
+            "TRIOSCRIBE_PORT": "0",
+            "TRIOSCRIBE_STT": "fake",
+            "TRIOSCRIBE_VAD": "off",
+            "TRIOSCRIBE_ADMIN_TOKEN": ADMIN,
+            "TRIOSCRIBE_MAX_SESSIONS": str(connections + 10),
+            "TRIOSCRIBE_MAX_SESSIONS_PER_USER": str(connections + 10),
+            "TRIOSCRIBE_DAY_SUMMARY_HOUR_UTC": "-1",
+            "TRIOSCRIBE_LOG_LEVEL": "WARNING",
+        }
+        async with open_server_process(
+            ["-m", "server", "--log-level", "INFO"],
+            env=env,
+            cpu=0,
+            port_pattern=rb"listening on http://[^:]+:(\d+)",
+            stream="stderr",
+        ) as server:
             base = f"http://127.0.0.1:{server.port}"
             async with httpx.AsyncClient(base_url=base, timeout=30) as client:
                 admin = {"Authorization": f"Bearer {ADMIN}"}
                 await client.post("/v1/admin/users", json={"name": "bench"}, headers=admin)
-                token = (await client.post("/v1/admin/users/bench/tokens", json={},
-                                           headers=admin)).json()["token"]
+                token = (
+                    await client.post("/v1/admin/users/bench/tokens", json={}, headers=admin)
+                ).json()["token"]
                 url = f"ws://127.0.0.1:{server.port}/v4/listen?codec=pcm16&sample_rate=16000"
                 frames_before = await _stats_frames(client)
                 before = cpu_seconds(server.pid)
@@ -147,10 +159,14 @@ async def measure_listen(connections: int, seconds: float) -> Phase:
 def _table(phases: list[Phase], echo_ratio: float, sink_ratio: float) -> str:
     lines = ["| phase | frames/s | server CPU-s | frames per server CPU-s |", "|---|---|---|---|"]
     for p in phases:
-        lines.append(f"| {p.name} | {p.frames_per_s:,.0f} | {p.server_cpu_s:.2f} | "
-                     f"{p.frames_per_cpu_s:,.0f} |")
-    lines.append(f"\n/v4/listen frames per core: {echo_ratio:.0%} of the echo ceiling "
-                 f"(goal >= 50%), {sink_ratio:.0%} of the one-way sink")
+        lines.append(
+            f"| {p.name} | {p.frames_per_s:,.0f} | {p.server_cpu_s:.2f} | "
+            f"{p.frames_per_cpu_s:,.0f} |"
+        )
+    lines.append(
+        f"\n/v4/listen frames per core: {echo_ratio:.0%} of the echo ceiling "
+        f"(goal >= 50%), {sink_ratio:.0%} of the one-way sink"
+    )
     return "\n".join(lines)
 
 
@@ -165,8 +181,10 @@ async def main(connections: int, seconds: float) -> dict[str, object]:
     result = {
         "connections": connections,
         "seconds": seconds,
-        "phases": [asdict(p) | {"frames_per_s": p.frames_per_s, "frames_per_cpu_s": p.frames_per_cpu_s}
-                   for p in (echo, sink, listen)],
+        "phases": [
+            asdict(p) | {"frames_per_s": p.frames_per_s, "frames_per_cpu_s": p.frames_per_cpu_s}
+            for p in (echo, sink, listen)
+        ],
         "listen_vs_echo_per_core": echo_ratio,
         "listen_vs_sink_per_core": sink_ratio,
         "sessions_at_10_frames_per_s_per_core": listen.frames_per_cpu_s / 10,

@@ -12,7 +12,7 @@ import enum
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from typing import Any
+from typing import Any, cast
 
 from quart import Quart, Response, current_app, request
 from quart_trio import QuartTrio
@@ -84,9 +84,8 @@ def _install_error_handlers(app: Quart) -> None:
     async def _http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
         code = (exc.name or "error").lower().replace(" ", "_")
-        headers = (
-            {"Allow": ", ".join(exc.valid_methods)} if getattr(exc, "valid_methods", None) else None
-        )
+        allowed = getattr(exc, "valid_methods", None)
+        headers = {"Allow": ", ".join(allowed)} if allowed else None
         return json_response(error_body(code, exc.description or exc.name), status, headers)
 
     @app.errorhandler(LaneFullError)
@@ -131,6 +130,7 @@ def create_app(ctx: AppContext, listen_handler: AsgiApp | None = None) -> AsgiAp
         ):
             await listen_handler(scope, receive, send)
         else:
-            await quart_app(scope, receive, send)
+            # Quart types its ASGI arguments as TypedDicts; hypercorn hands us the same dicts.
+            await cast(AsgiApp, quart_app)(scope, receive, send)
 
     return dispatch

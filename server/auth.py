@@ -12,7 +12,7 @@ import secrets
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final, final
+from typing import Final, Protocol, final
 
 import trio
 
@@ -30,7 +30,11 @@ MAX_TICKETS: Final = 10_000
 MAX_BUCKETS: Final = 10_000
 
 
-def bearer_token(headers: Mapping[str, str]) -> str | None:
+class _Headers(Protocol):
+    def get(self, key: str) -> str | None: ...
+
+
+def bearer_token(headers: _Headers | Mapping[str, str]) -> str | None:
     """The token of an ``Authorization: Bearer <token>`` header, or ``None``."""
     value = headers.get("authorization") or headers.get("Authorization") or ""
     scheme, _, token = value.partition(" ")

@@ -30,9 +30,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Final
+from typing import Final, cast
 
 import hypercorn.trio
+import hypercorn.typing
 import trio
 from hypercorn.config import Config
 
@@ -202,8 +203,10 @@ async def _run_work(
         work.start_soon(_shutdown_sequence, ctx, stop_http)
         app = create_app(ctx, listen_handler)
         config = _hypercorn_config(ctx.settings)
+        # hypercorn types the app with its TypedDict scopes; ours takes the same dicts.
+        asgi = cast(hypercorn.typing.Framework, app)
         binds = await work.start(
-            partial(hypercorn.trio.serve, app, config, shutdown_trigger=stop_http.wait)
+            partial(hypercorn.trio.serve, asgi, config, shutdown_trigger=stop_http.wait)
         )
         port = int(binds[0].rsplit(":", 1)[1])
         LOGGER.info("listening on %s", binds[0])

@@ -162,7 +162,12 @@ class Store(Protocol):
         ...
 
     async def update_conversation(
-        self, user_id: str, conversation_id: str, fields: Mapping[str, object]
+        self,
+        user_id: str,
+        conversation_id: str,
+        fields: Mapping[str, object],
+        *,
+        now: float | None = None,
     ) -> Conversation | None:
         """Change user-editable fields; ``None`` if not the user's; ``ValidationError`` if bad."""
         ...

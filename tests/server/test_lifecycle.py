@@ -77,6 +77,7 @@ async def test_reconnect_within_the_timeout_resumes_the_conversation(
     nursery: trio.Nursery, make_settings: Callable[..., Settings], clock: trio.testing.MockClock
 ) -> None:
     server, token = await _setup(nursery, make_settings)
+    registry = server.context.services["sessions"]
     with trio.fail_after(JUMPS_S + 30):
         for seed in (1, 2):
             async with open_listen(server, token=token) as ws:
@@ -85,7 +86,6 @@ async def test_reconnect_within_the_timeout_resumes_the_conversation(
                     await ws.send_message(frame)
                 await read_until(ws, received, lambda r: len(r.segments) == 1)
             # The server finishes the old session (flush, persist) before the device is back.
-            registry = server.context.services["sessions"]
             await wait_until(lambda: registry.statistics().live == 0)
             clock.jump(60)
         conversations = await _conversations(server, token)
