@@ -22,7 +22,7 @@ GRACE_S = 2.0
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
-async def _start(data_dir: pathlib.Path) -> tuple[trio.Process, int, list[str]]:
+async def _start(data_dir: pathlib.Path, **extra_env: str) -> tuple[trio.Process, int, list[str]]:
     env = {
         **os.environ,
         "TRIOSCRIBE_DATA_DIR": str(data_dir),
@@ -31,6 +31,7 @@ async def _start(data_dir: pathlib.Path) -> tuple[trio.Process, int, list[str]]:
         "TRIOSCRIBE_GRACEFUL_SHUTDOWN_S": str(GRACE_S),
         "TRIOSCRIBE_ADMIN_TOKEN": ADMIN_TOKEN,
         "TRIOSCRIBE_DAY_SUMMARY_HOUR_UTC": "-1",
+        **extra_env,
     }
     process = await trio.lowlevel.open_process(
         [sys.executable, "-m", "server"], cwd=ROOT, env=env, stderr=subprocess.PIPE
@@ -167,5 +168,35 @@ async def test_deadline_holds_with_a_slow_storage_call_in_flight(tmp_path: pathl
     output = "".join(lines)
     assert process.returncode == 0, output
     assert elapsed <= GRACE_S + 1.0, (elapsed, output)
+    assert _port_closed(port)
+    assert _db_ok(tmp_path) == ["alice"]
+
+
+async def test_a_second_signal_cancels_at_once(tmp_path: pathlib.Path) -> None:
+    """A drain that would take 20 s (readiness window) is cut short by a second SIGTERM."""
+    process, port, lines = await _start(
+        tmp_path, TRIOSCRIBE_GRACEFUL_SHUTDOWN_S="30", TRIOSCRIBE_DRAIN_READINESS_S="20"
+    )
+    try:
+        await _setup_user(f"http://127.0.0.1:{port}")
+        started = trio.current_time()
+        process.send_signal(signal.SIGTERM)
+        await trio.sleep(0.5)
+        assert process.returncode is None  # still draining
+        process.send_signal(signal.SIGTERM)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_drain_stderr, process, lines)
+            with trio.fail_after(10):
+                await process.wait()
+        elapsed = trio.current_time() - started
+    finally:
+        if process.returncode is None:
+            process.kill()
+            with trio.CancelScope(shield=True), trio.move_on_after(10):
+                await process.wait()
+    output = "".join(lines)
+    assert process.returncode == 1, output  # forced: not a clean drain
+    assert elapsed < 5.0, (elapsed, output)
+    assert "second signal" in output
     assert _port_closed(port)
     assert _db_ok(tmp_path) == ["alice"]
