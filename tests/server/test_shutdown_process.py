@@ -15,6 +15,7 @@ import pytest
 import trio
 
 from tests.conftest import ADMIN_TOKEN, auth
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -78,6 +79,15 @@ async def _setup_user(url: str) -> str:
         return str(response.json()["token"])
 
 
+async def _wait_storage_busy(client: httpx.AsyncClient) -> None:
+    """Poll ``/v1/stats`` (which needs no storage call) until a storage thread is busy."""
+    while True:
+        stats = (await client.get("/v1/stats", headers=auth(ADMIN_TOKEN))).json()
+        if stats["storage"]["running"] >= 1:
+            return
+        await trio.sleep(0.02)  # the state of another process: polled
+
+
 def _port_closed(port: int) -> bool:
     import socket
 
@@ -111,7 +121,7 @@ async def test_sigterm_with_requests_in_flight_exits_zero_in_time(tmp_path: path
         async with trio.open_nursery() as nursery:
             for _ in range(4):
                 nursery.start_soon(_keep_requesting, url, token, stop, statuses)
-            await trio.sleep(0.3)
+            await wait_until(lambda: statuses.count(200) >= 8)  # requests are flowing
             elapsed = await _stop_and_time(process, lines)
             stop.set()
     finally:
@@ -153,7 +163,7 @@ async def test_deadline_holds_with_a_slow_storage_call_in_flight(tmp_path: pathl
                     pass
 
             nursery.start_soon(slow_write)
-            await trio.sleep(0.5)  # the write is now blocked inside the storage lane
+            await _wait_storage_busy(client)  # the write is now blocked inside the storage lane
             elapsed = await _stop_and_time(process, lines)
             nursery.cancel_scope.cancel()
         assert token
