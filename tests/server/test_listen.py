@@ -282,3 +282,34 @@ async def test_embedded_stt_with_vad_returns_most_words_of_real_speech(
     assert server.context.stats["stt"]()["finals"] >= 1
     skipped = server.context.services["sessions"].statistics().vad_skipped_share
     assert 0.0 < skipped < 0.6  # the trailing second of silence was not sent to STT
+
+
+async def test_deepgram_provider_end_to_end_against_the_fake_server(
+    nursery: trio.Nursery, make_settings: Callable[..., Settings]
+) -> None:
+    """--stt deepgram: the session streams to a Deepgram-protocol server and relays finals."""
+    from array import array
+
+    from tests.fakes.deepgram import FAKE_API_KEY, open_fake_deepgram
+
+    async with open_fake_deepgram() as fake:
+        settings = make_settings(
+            stt="deepgram", deepgram_url=fake.url, deepgram_api_key=FAKE_API_KEY
+        )
+        server = await start_server(nursery, settings)
+        loud = array("h", [4000, -4000] * RATE).tobytes()  # 2 s: eight fake words
+        with trio.fail_after(20):
+            async with open_listen(server, token=await _token(server)) as ws:
+                received = await read_until(ws, Received(), lambda r: len(r.events) >= 3)
+                for frame in frames(loud + bytes(RATE)):  # then half a second of silence
+                    await ws.send_message(frame)
+                await read_until(ws, received, lambda r: r.has("w8"))
+    assert received.joined().split() == [f"w{n}" for n in range(1, 9)]
+    assert received.segments[received.order[0]]["stt_provider"] == "deepgram"
+    query = fake.connections[0].query
+    assert (query["encoding"], query["sample_rate"], query["language"]) == (
+        "linear16",
+        "16000",
+        "en",
+    )
+    assert fake.connections[0].authorization == f"Token {FAKE_API_KEY}"
