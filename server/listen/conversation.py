@@ -195,7 +195,9 @@ class ConversationTracker:
         self._wake_processing()
         if closed is not None:
             memory = self._conversation_json(closed)
-            await self._emit({"type": "memory_processing_started", "memory": memory, "messages": []})
+            await self._emit(
+                {"type": "memory_processing_started", "memory": memory, "messages": []}
+            )
 
 
 def _shift(result: SttResult, offset_s: float) -> SttResult:
