@@ -1,0 +1,212 @@
+"""Turn ``bench/results/*.json`` (from ``python -m bench scenarios``) into a report.
+
+``write_report(results_dir)`` writes ``report.md`` (one markdown table: trioscribe vs baseline
+per figure, with the ratio trioscribe / baseline) and two PNG plots (P1 sessions vs p99, and
+latency percentiles), and returns the markdown. Scenarios whose JSON is missing are listed as
+not run; nothing is invented.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Final
+
+__all__ = ["Row", "load_results", "rows", "table", "write_report"]
+
+MIB: Final = 2**20
+Row = tuple[str, str, float | None, float | None, str]  # scenario, figure, trio, base, better
+NAMES: Final = ("P1", "P2", "P3", "P4", "STT")
+
+
+def load_results(results_dir: Path) -> dict[str, dict[str, Any]]:
+    """Every ``<name>.json`` of a known scenario in ``results_dir``."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in NAMES:
+        path = results_dir / f"{name}.json"
+        if path.exists():
+            out[name] = json.loads(path.read_text())
+    return out
+
+
+def _get(data: Mapping[str, Any], *keys: str) -> float | None:
+    value: Any = data
+    for key in keys:
+        if not isinstance(value, Mapping) or key not in value:
+            return None
+        value = value[key]
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def _pair(data: Mapping[str, Any], *keys: str, scale: float = 1.0) -> tuple[float | None, ...]:
+    values = (_get(data.get(server, {}), *keys) for server in ("trioscribe", "baseline"))
+    return tuple(None if v is None else v * scale for v in values)
+
+
+def _p1_rows(d: Mapping[str, Any]) -> list[Row]:
+    return [
+        ("P1", "max sessions, p99 frame->segment < 200 ms", *_pair(d, "max_sessions_p99_200ms"),
+         "higher"),
+        ("P1", "max sessions, p99 < 1 s (baseline's reachable limit)",
+         *_pair(d, "max_sessions_p99_1s"), "higher"),
+        ("P1", "load generator late frames (all steps)", *_pair(d, "generator_late_frames"),
+         "0 = generator kept up"),
+    ]  # fmt: skip
+
+
+def _p2_rows(d: Mapping[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    for run in ("no_fault", "fault"):
+        label = "no faults" if run == "no_fault" else "50% hanging, 25% failing"
+        rows += [
+            ("P2", f"healthy delivery p99 ms, {label}",
+             *_pair(d, run, "delivery", "healthy", "latency", "p99_s", scale=1000), "lower"),
+            ("P2", f"healthy deliveries dropped, {label}",
+             *_pair(d, run, "delivery", "healthy", "dropped"), "lower"),
+            ("P2", f"loop lag p99 (max of samples) ms, {label}",
+             *_pair(d, run, "load", "loop_lag_p99_max_s", scale=1000), "lower"),
+            ("P2", f"client frame->segment p99 ms, {label}",
+             *_pair(d, run, "load", "latency", "p99_s", scale=1000), "lower"),
+        ]  # fmt: skip
+    return rows
+
+
+def _p3_rows(d: Mapping[str, Any]) -> list[Row]:
+    return [
+        ("P3", "sessions live at SIGTERM", *_pair(d, "connected"), "-"),
+        ("P3", "time from SIGTERM to exit, s", *_pair(d, "exit_s"), "lower"),
+        ("P3", "conversations lost", *_pair(d, "conversations_lost"), "lower"),
+        ("P3", "segments clients received but not stored", *_pair(d, "received_not_stored"),
+         "lower"),
+        ("P3", "whole seconds sent but not stored", *_pair(d, "tokens_sent_not_stored"),
+         "lower"),
+    ]  # fmt: skip
+
+
+def _p4_rows(d: Mapping[str, Any]) -> list[Row]:
+    kib = 1 / 1024
+    return [
+        ("P4", "RSS per idle session, KiB",
+         *_pair(d, "idle", "rss_per_idle_session_bytes", scale=kib), "lower"),
+        ("P4", "RSS drift over the soak, MiB", *_pair(d, "soak", "rss_drift_bytes", scale=1 / MIB),
+         "lower"),
+        ("P4", "soak length, s", *_pair(d, "soak", "soak_s"), "-"),
+    ]  # fmt: skip
+
+
+def _stt_rows(d: Mapping[str, Any]) -> list[Row]:
+    streams = _get(d, "sustained_streams")
+    return [("STT", "embedded STT: sustained realtime streams (trioscribe only)", streams, None,
+             "higher")]  # fmt: skip
+
+
+_ROWS: Final[Mapping[str, Callable[[Mapping[str, Any]], list[Row]]]] = {
+    "P1": _p1_rows, "P2": _p2_rows, "P3": _p3_rows, "P4": _p4_rows, "STT": _stt_rows,
+}  # fmt: skip
+
+
+def rows(results: Mapping[str, Mapping[str, Any]]) -> list[Row]:
+    """The table rows of every scenario present."""
+    return [row for name in NAMES if name in results for row in _ROWS[name](results[name])]
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if abs(value) >= 100 or value == int(value) else f"{value:.2f}"
+
+
+def _ratio(trio_value: float | None, base_value: float | None) -> str:
+    if trio_value is None or base_value is None:
+        return "-"
+    if base_value == 0:
+        return "-" if trio_value == 0 else "inf"
+    return f"{trio_value / base_value:.2f}x"
+
+
+def table(results: Mapping[str, Mapping[str, Any]]) -> str:
+    """The markdown table (ratio = trioscribe / baseline)."""
+    lines = [
+        "| scenario | figure | trioscribe | baseline | ratio | better |",
+        "|---|---|---|---|---|---|",
+    ]
+    for scenario, figure, t, b, better in rows(results):
+        lines.append(
+            f"| {scenario} | {figure} | {_fmt(t)} | {_fmt(b)} | {_ratio(t, b)} | {better} |"
+        )
+    missing = [name for name in NAMES if name not in results]
+    if missing:
+        lines.append(f"\nNot run (no JSON): {', '.join(missing)}.")
+    meta = {name: results[name].get("meta", {}) for name in results}
+    quick = {m.get("quick") for m in meta.values()}
+    lines.append(f"\nVariant: {'quick' if quick == {True} else 'full' if quick == {False} else 'mixed'}; "
+                 + ", ".join(f"{n} {m.get('wall_s', '?')} s at {m.get('at', '?')}" for n, m in meta.items()))  # fmt: skip
+    return "\n".join(lines)
+
+
+def _plot_p1(results: Mapping[str, Mapping[str, Any]], out: Path, plt: Any) -> str | None:
+    p1 = results.get("P1")
+    if p1 is None:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for server in ("trioscribe", "baseline"):
+        runs = p1.get(server, {}).get("runs", [])
+        xs = [r["sessions"] for r in runs]
+        ax.plot(xs, [r["latency"]["p99_s"] * 1000 for r in runs], marker="o", label=server)
+    ax.axhline(200, color="grey", linestyle="--", linewidth=0.8)
+    ax.axhline(1000, color="grey", linestyle=":", linewidth=0.8)
+    ax.set(xlabel="concurrent realtime sessions", ylabel="p99 frame->segment (ms)",
+           yscale="log", title="P1: sessions vs p99 (one core per server)")  # fmt: skip
+    ax.legend()
+    return _save(fig, out / "p1_sessions_vs_p99.png", plt)
+
+
+def _plot_latency(results: Mapping[str, Mapping[str, Any]], out: Path, plt: Any) -> str | None:
+    series: dict[str, dict[str, float]] = {}
+    for server in ("trioscribe", "baseline"):
+        runs = results.get("P1", {}).get(server, {}).get("runs", [])
+        if runs:
+            series[f"{server} P1 @{runs[0]['sessions']}"] = runs[0]["latency"]
+        for run in ("no_fault", "fault"):
+            lat = results.get("P2", {}).get(server, {}).get(run, {}).get("delivery", {})
+            if "healthy" in lat:
+                series[f"{server} P2 hook {run}"] = lat["healthy"]["latency"]
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    keys = ("p50_s", "p95_s", "p99_s", "max_s")
+    width = 0.8 / len(series)
+    for i, (label, lat) in enumerate(series.items()):
+        xs = [k + i * width for k in range(len(keys))]
+        ax.bar(xs, [max(lat[k] * 1000, 0.1) for k in keys], width=width, label=label)
+    ax.set_xticks([k + 0.4 - width / 2 for k in range(len(keys))], [k[:-2] for k in keys])
+    ax.set(ylabel="ms (log)", yscale="log", title="Latency percentiles (client and webhooks)")
+    ax.legend(fontsize=7)
+    return _save(fig, out / "latency_percentiles.png", plt)
+
+
+def _save(fig: Any, path: Path, plt: Any) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path.name
+
+
+def write_report(results_dir: Path) -> str:
+    """Write ``report.md`` and the PNGs into ``results_dir``; return the markdown."""
+    results = load_results(results_dir)
+    text = "# trioscribe vs baseline (bench/scenarios.py)\n\n" + table(results) + "\n"
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        text += "\n(matplotlib is not installed: no plots)\n"
+    else:
+        for png in (_plot_p1(results, results_dir, plt), _plot_latency(results, results_dir, plt)):
+            if png:
+                text += f"\n![{png}]({png})\n"
+    (results_dir / "report.md").write_text(text)
+    return text

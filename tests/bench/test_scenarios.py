@@ -1,0 +1,91 @@
+"""Smoke test of the scenarios (P3 and P4, tiny, against trioscribe) and of the report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from bench.__main__ import main as bench_main
+from bench.report import load_results, table, write_report
+from bench.scenarios import Plan, best_under, p3_server, p4_server
+
+TINY: Plan = Plan(
+    p4_idle_sessions=3,
+    p4_soak_s=1.0,
+    p4_soak_sessions=3,
+    p4_cycle_audio_s=1,
+    p4_idle_hold_s=3.0,
+    p4_settle_s=0.5,
+)
+
+
+async def _store(out: dict[str, Any], key: str, fn: Any, *args: Any) -> None:
+    out[key] = await fn(*args)
+
+
+async def test_p3_and_p4_against_trioscribe() -> None:
+    out: dict[str, Any] = {}
+    with trio.fail_after(40):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_store, out, "p3", p3_server, "trioscribe", 5, 1.5)
+            nursery.start_soon(_store, out, "p4", p4_server, "trioscribe", TINY)
+    p3, p4 = out["p3"], out["p4"]
+    assert p3["connected"] == 5
+    assert p3["exit_code"] == 0
+    assert 0 < p3["exit_s"] < 26  # within graceful_shutdown_s + 1
+    assert p3["conversations_lost"] == 0
+    assert p3["tokens_stored"] > 0
+    assert p3["close"] == {"closed:1001": 5}  # every session told the server is going away
+    idle, soak = p4["idle"], p4["soak"]
+    assert idle["connected"] == 3
+    assert idle["rss_before_bytes"] > 10 * 2**20
+    assert abs(idle["rss_per_idle_session_bytes"]) < 10 * 2**20
+    assert soak["cycles"] >= 1
+    assert soak["rss_last_cycle_bytes"] > 0
+
+
+def _run(sessions: int, p99_s: float, lost: int = 0) -> dict[str, Any]:
+    return {"sessions": sessions, "succeeded": sessions, "truncated": False, "lost": lost,
+            "mismatched": 0, "late_frames": 0,
+            "latency": {"count": 10, "p50_s": p99_s / 2, "p95_s": p99_s, "p99_s": p99_s,
+                        "max_s": p99_s}}  # fmt: skip
+
+
+def test_best_under_stops_at_the_first_failing_step() -> None:
+    runs = [_run(10, 0.1), _run(20, 0.3), _run(40, 0.1)]
+    assert best_under(runs, 0.2) == 10
+    assert best_under(runs, 1.0) == 40
+    assert best_under([_run(10, 0.1, lost=1)], 1.0) == 0
+
+
+def test_report_from_a_tiny_fixture(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    p1 = {"meta": {"quick": True, "wall_s": 1.0, "at": "now"}, "steps": [10, 20]}
+    p1["trioscribe"] = {"runs": [_run(10, 0.05), _run(20, 0.1)], "max_sessions_p99_200ms": 20,
+                        "max_sessions_p99_1s": 20, "generator_late_frames": 0}  # fmt: skip
+    p1["baseline"] = {"runs": [_run(10, 0.7), _run(20, 2.0)], "max_sessions_p99_200ms": 0,
+                      "max_sessions_p99_1s": 10, "generator_late_frames": 0}  # fmt: skip
+    p3 = {"trioscribe": {"exit_s": 1.0, "conversations_lost": 0, "connected": 5},
+          "baseline": {"exit_s": 0.5, "conversations_lost": 2, "connected": 5}}  # fmt: skip
+    (tmp_path / "P1.json").write_text(json.dumps(p1))
+    (tmp_path / "P3.json").write_text(json.dumps(p3))
+    assert set(load_results(tmp_path)) == {"P1", "P3"}
+    text = write_report(tmp_path)
+    assert "| P1 | max sessions, p99 < 1 s (baseline's reachable limit) | 20 | 10 | 2.00x |" in text
+    assert "| P3 | time from SIGTERM to exit, s | 1 | 0.50 | 2.00x | lower |" in text
+    assert "Not run (no JSON): P2, P4, STT." in text
+    assert (tmp_path / "report.md").read_text() == text
+    assert (tmp_path / "p1_sessions_vs_p99.png").stat().st_size > 1000
+    assert (tmp_path / "latency_percentiles.png").exists()
+    assert "inf" not in table({"P3": p3})
+
+
+def test_cli_report_and_bad_scenario(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench_main(["report", "--results", str(tmp_path)]) == 0
+    assert "Not run (no JSON): P1, P2, P3, P4, STT." in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        bench_main(["scenarios", "--only", "P9", "--results", str(tmp_path)])
