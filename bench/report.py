@@ -125,6 +125,27 @@ def _ratio(trio_value: float | None, base_value: float | None) -> str:
     return f"{trio_value / base_value:.2f}x"
 
 
+def _notes(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Caveats that change how a P1 figure reads (step cap, saturated generator, refusals)."""
+    notes: list[str] = []
+    for server in ("trioscribe", "baseline"):
+        data = results.get("P1", {}).get(server, {})
+        runs = data.get("runs", [])
+        if data.get("hit_step_cap"):
+            notes.append(f"- P1 {server}: passed the last step ({runs[-1]['sessions']}); "
+                         "its true maximum is higher.")  # fmt: skip
+        notes += [_step_note(server, r) for r in runs if r.get("late_frames") or r.get("failed")]
+    if "P1" in results:
+        notes.append("- P1 baseline at 200 ms: impossible by design (0.6 s transcript batch tick).")
+    return ["", "Notes:", *notes] if notes else []
+
+
+def _step_note(server: str, run: Mapping[str, Any]) -> str:
+    return (f"- P1 {server} @{run['sessions']}: p99 {run['latency']['p99_s'] * 1000:.0f} ms, "
+            f"generator late frames {run['late_frames']}, "
+            f"refused/failed {dict(run.get('failed', {})) or 0}.")  # fmt: skip
+
+
 def table(results: Mapping[str, Mapping[str, Any]]) -> str:
     """The markdown table (ratio = trioscribe / baseline)."""
     lines = [
@@ -132,9 +153,9 @@ def table(results: Mapping[str, Mapping[str, Any]]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for scenario, figure, t, b, better in rows(results):
-        lines.append(
-            f"| {scenario} | {figure} | {_fmt(t)} | {_fmt(b)} | {_ratio(t, b)} | {better} |"
-        )
+        ratio = _ratio(t, b) if better in ("higher", "lower") else "-"
+        lines.append(f"| {scenario} | {figure} | {_fmt(t)} | {_fmt(b)} | {ratio} | {better} |")
+    lines += _notes(results)
     missing = [name for name in NAMES if name not in results]
     if missing:
         lines.append(f"\nNot run (no JSON): {', '.join(missing)}.")

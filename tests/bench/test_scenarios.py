@@ -50,7 +50,7 @@ async def test_p3_and_p4_against_trioscribe() -> None:
 
 def _run(sessions: int, p99_s: float, lost: int = 0) -> dict[str, Any]:
     return {"sessions": sessions, "succeeded": sessions, "truncated": False, "lost": lost,
-            "mismatched": 0, "late_frames": 0,
+            "mismatched": 0, "late_frames": 0, "failed": {},
             "latency": {"count": 10, "p50_s": p99_s / 2, "p95_s": p99_s, "p99_s": p99_s,
                         "max_s": p99_s}}  # fmt: skip
 
@@ -78,6 +78,7 @@ def test_report_from_a_tiny_fixture(tmp_path: Path) -> None:
     assert "| P1 | max sessions, p99 < 1 s (baseline's reachable limit) | 20 | 10 | 2.00x |" in text
     assert "| P3 | time from SIGTERM to exit, s | 1 | 0.50 | 2.00x | lower |" in text
     assert "Not run (no JSON): P2, P4, STT." in text
+    assert "- P1 baseline at 200 ms: impossible by design" in text
     assert (tmp_path / "report.md").read_text() == text
     assert (tmp_path / "p1_sessions_vs_p99.png").stat().st_size > 1000
     assert (tmp_path / "latency_percentiles.png").exists()
