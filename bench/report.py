@@ -97,8 +97,10 @@ def _p4_rows(d: Mapping[str, Any]) -> list[Row]:
 
 def _stt_rows(d: Mapping[str, Any]) -> list[Row]:
     streams = _get(d, "sustained_streams")
+    cost = _get(d, "single_stream", "cpu_s_per_audio_s")
     return [("STT", "embedded STT: sustained realtime streams (trioscribe only)", streams, None,
-             "higher")]  # fmt: skip
+             "higher"),
+            ("STT", "embedded STT: CPU-s per audio-s of one stream", cost, None, "lower")]  # fmt: skip
 
 
 _ROWS: Final[Mapping[str, Callable[[Mapping[str, Any]], list[Row]]]] = {
@@ -160,7 +162,7 @@ def table(results: Mapping[str, Mapping[str, Any]]) -> str:
     if missing:
         lines.append(f"\nNot run (no JSON): {', '.join(missing)}.")
     meta = {name: results[name].get("meta", {}) for name in results}
-    quick = {m.get("quick") for m in meta.values()}
+    quick = {m.get("quick") for name, m in meta.items() if name != "STT"}  # STT: one variant
     lines.append(f"\nVariant: {'quick' if quick == {True} else 'full' if quick == {False} else 'mixed'}; "
                  + ", ".join(f"{n} {m.get('wall_s', '?')} s at {m.get('at', '?')}" for n, m in meta.items()))  # fmt: skip
     return "\n".join(lines)
