@@ -23,12 +23,13 @@ own and report ``degraded=False`` when they recover. Audio sent while degraded m
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
 __all__ = [
+    "StatisticsMapping",
     "SttCapacityError",
     "SttError",
     "SttEvent",
@@ -39,6 +40,25 @@ __all__ = [
     "SttUnavailableError",
     "Word",
 ]
+
+
+class StatisticsMapping(Mapping[str, object]):
+    """Mixin for frozen statistics dataclasses that are also read-only mappings
+    (``SttProvider.statistics()`` returns a ``Mapping``; ``/v1/stats`` serialises it)."""
+
+    __slots__ = ()
+    __dataclass_fields__: dict[str, object]
+
+    def __getitem__(self, key: str) -> object:
+        if key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.__dataclass_fields__)
+
+    def __len__(self) -> int:
+        return len(self.__dataclass_fields__)
 
 
 class SttError(Exception):

@@ -38,7 +38,7 @@ import logging
 import random
 import ssl
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final, NoReturn
@@ -54,7 +54,14 @@ from trio_websocket import (
     wrap_client_stream,
 )
 
-from server.stt.base import SttEvent, SttResult, SttStatus, SttUnavailableError, Word
+from server.stt.base import (
+    StatisticsMapping,
+    SttEvent,
+    SttResult,
+    SttStatus,
+    SttUnavailableError,
+    Word,
+)
 
 __all__ = [
     "DEFAULT_URL",
@@ -145,7 +152,7 @@ def _flag(value: bool) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class DeepgramStatistics(Mapping[str, object]):
+class DeepgramStatistics(StatisticsMapping):
     """Provider counters; also a read-only mapping, as :class:`SttProvider` asks."""
 
     streams_open: int
@@ -157,17 +164,6 @@ class DeepgramStatistics(Mapping[str, object]):
     bytes_sent: int
     dropped_audio_bytes: int
     bad_messages: int
-
-    def __getitem__(self, key: str) -> object:
-        if key not in self.__dataclass_fields__:
-            raise KeyError(key)
-        return getattr(self, key)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.__dataclass_fields__)
-
-    def __len__(self) -> int:
-        return len(self.__dataclass_fields__)
 
 
 @dataclass(slots=True)

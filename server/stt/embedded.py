@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Final
@@ -49,6 +49,7 @@ from lanes import (
     open_process_lane,
 )
 from server.stt.base import (
+    StatisticsMapping,
     SttCapacityError,
     SttEvent,
     SttResult,
@@ -80,7 +81,7 @@ ENGLISH_ONLY_NOTE: Final = "the embedded model is English (en-US) only"
 
 
 @dataclass(frozen=True, slots=True)
-class EmbeddedSttStatistics(Mapping[str, object]):
+class EmbeddedSttStatistics(StatisticsMapping):
     """Provider and lane counters; also a read-only mapping, as :class:`SttProvider` asks."""
 
     streams_open: int
@@ -101,17 +102,6 @@ class EmbeddedSttStatistics(Mapping[str, object]):
     worker_pids: tuple[int | None, ...]
     call_p50_s: float
     call_p99_s: float
-
-    def __getitem__(self, key: str) -> object:
-        if key not in self.__dataclass_fields__:
-            raise KeyError(key)
-        return getattr(self, key)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.__dataclass_fields__)
-
-    def __len__(self) -> int:
-        return len(self.__dataclass_fields__)
 
 
 @dataclass(slots=True)

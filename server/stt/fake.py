@@ -26,14 +26,21 @@ Events go through a channel of ``EVENT_BUFFER``; when it is full ``send_audio`` 
 from __future__ import annotations
 
 import zlib
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Final
 
 import trio
 
-from server.stt.base import SttCapacityError, SttEvent, SttResult, SttStatus, Word
+from server.stt.base import (
+    StatisticsMapping,
+    SttCapacityError,
+    SttEvent,
+    SttResult,
+    SttStatus,
+    Word,
+)
 
 __all__ = [
     "FakeStream",
@@ -65,7 +72,7 @@ def fake_result(index: int, chunk: bytes, start_s: float, bytes_per_s: int) -> S
 
 
 @dataclass(frozen=True, slots=True)
-class FakeSttStatistics(Mapping[str, object]):
+class FakeSttStatistics(StatisticsMapping):
     """Provider counters; also readable as a mapping (``/v1/stats``)."""
 
     streams_open: int
@@ -75,17 +82,6 @@ class FakeSttStatistics(Mapping[str, object]):
     interims: int
     audio_bytes: int
     dropped_audio_bytes: int
-
-    def __getitem__(self, key: str) -> object:
-        if key not in self.__dataclass_fields__:
-            raise KeyError(key)
-        return getattr(self, key)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.__dataclass_fields__)
-
-    def __len__(self) -> int:
-        return len(self.__dataclass_fields__)
 
 
 @dataclass(slots=True)
