@@ -13,6 +13,7 @@ no hypothesis and pocketsphinx's ``seg()`` returned ``None``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -81,18 +82,20 @@ async def _stream_and_read(port: int, token: str) -> tuple[list[dict[str, Any]],
     async with open_websocket_url(url, extra_headers=headers) as ws:
 
         async def read() -> None:
-            while True:
-                try:
-                    message = await ws.get_message()
-                except ConnectionClosed:
-                    return
-                if message == "ping":
-                    continue
-                value = json.loads(message)
-                if isinstance(value, list):
-                    segments.update({s["id"]: s["text"] for s in value})
-                else:
-                    events.append(value)
+            await trio.lowlevel.checkpoint()
+            with contextlib.suppress(ConnectionClosed):
+                while True:
+                    await on_message(await ws.get_message())
+
+        async def on_message(message: str | bytes) -> None:
+            await trio.lowlevel.checkpoint()
+            if message == "ping":
+                return
+            value = json.loads(message)
+            if isinstance(value, list):
+                segments.update({s["id"]: s["text"] for s in value})
+            else:
+                events.append(value)
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(read)
@@ -124,7 +127,7 @@ async def test_python_m_server_transcribes_speech_with_pauses_without_degrading(
             events, segments = await _stream_and_read(port, token)
         finally:
             process.send_signal(signal.SIGTERM)
-            with trio.fail_after(30):
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + 30):
                 await process.wait()
     statuses = [e.get("status") for e in events if e.get("type") == "service_status"]
     assert "stt_degraded" not in statuses, (events, (tmp_path / "server.log").read_text())
