@@ -53,8 +53,8 @@ async def test_streams_segments_back_in_order_and_persists_them(server: ServerHa
                 await ws.send_message(frame)
             await read_until(ws, received, lambda r: r.has("seg2 "))
         async with httpx.AsyncClient(base_url=server.url) as client:
-            listed = (await client.get("/v1/conversations", headers=auth(token))).json()
-            cid = listed["conversations"][0]["id"]
+            listed = await client.get("/v1/conversations?statuses=in_progress", headers=auth(token))
+            cid = listed.json()[0]["id"]
             stored = (await client.get(f"/v1/conversations/{cid}", headers=auth(token))).json()
     statuses = [e["status"] for e in received.events if e["type"] == "service_status"]
     assert statuses == ["initiating", "stt_initiating", "ready"]
