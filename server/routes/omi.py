@@ -99,13 +99,16 @@ async def _wait_processed(
     ctx: AppContext, user_id: str, conversation_id: str
 ) -> Conversation | None:
     """The conversation once it is no longer ``processing`` (or at the wait's end)."""
+    give_up_at = trio.current_time() + PROCESS_WAIT_S
     conversation = await ctx.store.get_conversation(user_id, conversation_id)
-    with trio.move_on_after(PROCESS_WAIT_S):
-        while conversation is not None and conversation.status in ("processing", "in_progress"):
-            if ctx.drain.draining:
-                break
-            await trio.sleep(PROCESS_POLL_S)
-            conversation = await ctx.store.get_conversation(user_id, conversation_id)
+    while (
+        conversation is not None
+        and conversation.status in ("processing", "in_progress")
+        and trio.current_time() < give_up_at
+        and not ctx.drain.draining
+    ):
+        await trio.sleep(PROCESS_POLL_S)
+        conversation = await ctx.store.get_conversation(user_id, conversation_id)
     return conversation
 
 
