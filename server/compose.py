@@ -286,6 +286,7 @@ def _assemble(
         limiter=RateLimiter(settings.api_rate_per_s, settings.api_burst),
         sessions=registry,
         webhooks=webhooks,
+        processing_wakeup=wakeup,
         stats=parts.stats,
     )
     parts.stats.update(

@@ -14,6 +14,7 @@ from server.drain import Drain
 from server.listen.registry import SessionRegistry
 from server.settings import Settings
 from server.store import Store
+from server.wakeup import Wakeup
 from server.webhooks.service import WebhookApi
 
 __all__ = ["AppContext"]
@@ -31,6 +32,7 @@ class AppContext:
         limiter: per-user API rate limits.
         sessions: the live ``/v4/listen`` sessions (admission, draining, pushes to users).
         webhooks: endpoints' storage and the nudges the webhook/app API needs.
+        processing_wakeup: set when a conversation reaches ``processing`` (wakes the workers).
         stats: named ``statistics()`` callables exposed on ``GET /v1/stats`` (filled while the
             run's components open; the serve tree adds its loop-lag monitor).
     """
@@ -42,4 +44,5 @@ class AppContext:
     limiter: RateLimiter
     sessions: SessionRegistry
     webhooks: WebhookApi
+    processing_wakeup: Wakeup
     stats: dict[str, Callable[[], object]] = field(default_factory=dict)

@@ -6,6 +6,7 @@ adding schema steps).
 """
 
 from server.store._tx import new_id as new_id, write_transaction as write_transaction
+from server.store._validate import MAX_OFFSET as MAX_OFFSET
 from server.store.errors import (
     ConflictError as ConflictError,
     NotFoundError as NotFoundError,
@@ -27,6 +28,7 @@ from server.store.models import (
     CloseOutcome as CloseOutcome,
     Conversation as Conversation,
     ConversationStatus as ConversationStatus,
+    ListQuery as ListQuery,
     Page as Page,
     SegmentRow as SegmentRow,
     StoreStatistics as StoreStatistics,
@@ -54,6 +56,8 @@ __all__ = [
     "ConversationStatus",
     "DB_FILENAME",
     "LATEST_VERSION",
+    "MAX_OFFSET",
+    "ListQuery",
     "MIGRATIONS",
     "Migration",
     "NotFoundError",
