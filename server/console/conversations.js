@@ -1,7 +1,7 @@
 // Conversations: the list (newest first, paginated, filtered) and one conversation.
 
 import { del, get, nextLink, patch, request } from "./api.js";
-import { clock, confirmDialog, h, when } from "./dom.js";
+import { clock, confirmDialog, h, speakerName, when } from "./dom.js";
 
 const PAGE_SIZE = 20;
 const STATUSES = ["in_progress", "processing", "completed", "failed"];
@@ -32,7 +32,7 @@ function badge(status) {
 function listItem(c) {
   return h("li", { class: "card", dataset: { id: c.id } },
     h("a", { href: `#/conversations/${encodeURIComponent(c.id)}`, class: "title" },
-      c.structured?.emoji ? `${c.structured.emoji} ` : "", title(c)),
+      c.structured?.emoji ? h("span", { "aria-hidden": "true", text: `${c.structured.emoji} ` }) : null, title(c)),
     h("div", { class: "meta" },
       badge(c.status),
       c.starred ? h("span", { class: "badge star", text: "★ starred" }) : null,
@@ -134,7 +134,7 @@ function transcriptSection(c) {
       ? h("ol", { id: "conversation-transcript", class: "transcript" },
         segments.map((s) => h("li", { class: "segment", dataset: { id: s.id } },
           h("span", { class: "meta" },
-            h("span", { class: "speaker", text: s.is_user ? "You" : s.speaker || "Speaker" }),
+            h("span", { class: "speaker", text: speakerName(s) }),
             h("span", { class: "time", text: clock(s.start) })),
           h("span", { class: "text", text: s.text }))))
       : h("p", { class: "muted", text: "No transcript." }),
@@ -181,9 +181,9 @@ export async function renderOne(container, [id], { showError }) {
           }
         }, text: "Delete" }),
     );
-    container.replaceChildren(
+    container.replaceChildren(...[
       h("p", {}, h("a", { href: "#/conversations", text: "← All conversations" })),
-      h("h2", { id: "conversation-title" }, c.structured?.emoji ? `${c.structured.emoji} ` : "", title(c)),
+      h("h2", { id: "conversation-title" }, c.structured?.emoji ? h("span", { "aria-hidden": "true", text: `${c.structured.emoji} ` }) : null, title(c)),
       h("div", { class: "meta" },
         badge(c.status),
         c.discarded ? h("span", { class: "badge", text: "discarded" }) : null,
@@ -193,7 +193,7 @@ export async function renderOne(container, [id], { showError }) {
       renameForm,
       summarySection(c),
       transcriptSection(c),
-    );
+    ].filter(Boolean));
   }
 
   async function poll() {

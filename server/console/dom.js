@@ -62,3 +62,10 @@ export function confirmDialog(question, confirmLabel = "Delete") {
     dialog.showModal();
   });
 }
+
+/** "You" for the user's own segments, "Speaker N" for SPEAKER_0N, else the label as sent. */
+export function speakerName(segment) {
+  if (segment.is_user) return "You";
+  const match = /^SPEAKER_(\d+)$/.exec(segment.speaker || "");
+  return match ? `Speaker ${Number(match[1])}` : segment.speaker || "Speaker";
+}

@@ -5,7 +5,7 @@
 // conversation. Stop closes with 1000.
 
 import { ApiError, post } from "./api.js";
-import { clock, h } from "./dom.js";
+import { clock, h, speakerName } from "./dom.js";
 
 /** Frames kept while the socket is down or backed up: 5 s. Beyond that the oldest are dropped. */
 const MAX_QUEUED_FRAMES = 50;
@@ -300,7 +300,7 @@ export function render(container) {
         item.li.dataset.id = segment.id;
         items.set(segment.id, item);
       }
-      item.speaker.textContent = segment.is_user ? "You" : segment.speaker || "Speaker";
+      item.speaker.textContent = speakerName(segment);
       item.time.textContent = clock(segment.start);
       item.text.textContent = segment.text;
       list.append(item.li); // appending an existing node moves it: keeps start order

@@ -73,6 +73,8 @@ async def _file(name: str) -> Response:
     if body is None:
         body = await (_DIR / name).read_bytes()
         _cache[name] = body
+    else:
+        await trio.lowlevel.checkpoint()
     return Response(body, status=200, headers=_HEADERS, content_type=content_type)
 
 
