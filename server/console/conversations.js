@@ -82,12 +82,11 @@ export async function renderList(container, _params, { showError }) {
 
   function reload() {
     filters = { status: status.value, discarded: discarded.checked, starred: starred.checked };
-    const query = new URLSearchParams({ limit: String(PAGE_SIZE) });
-    if (filters.status) {
-      query.set("status", filters.status);
-      query.set("statuses", filters.status);
-    }
-    if (filters.discarded) query.set("include_discarded", "true");
+    const query = new URLSearchParams({
+      limit: String(PAGE_SIZE),
+      statuses: filters.status || STATUSES.join(","),
+      include_discarded: String(filters.discarded),
+    });
     if (filters.starred) query.set("starred", "true");
     return load(`/v1/conversations?${query}`, true);
   }

@@ -29,6 +29,8 @@ const state = {
   sentFrames: 0,
   droppedFrames: 0,
   conversationId: "",
+  finishing: false,
+  finished: null,
 };
 
 let session = null;
@@ -183,6 +185,7 @@ async function start() {
   state.events = [];
   state.sentFrames = 0;
   state.droppedFrames = 0;
+  state.finished = null;
   state.status = "";
   state.statusText = "";
   changed();
@@ -235,8 +238,27 @@ export function stop() {
     s.ws.close(1000, "client stopped");
   }
   state.phase = "stopped";
-  logEvent("stopped; the conversation is processed after its silence timeout");
+  logEvent("stopped; the conversation is summarised after its silence timeout, or on Finish");
   changed();
+}
+
+/** End the in-progress conversation now and summarise it (Omi's POST /v1/conversations). A
+ * live session goes on with a new conversation; its socket gets the processing events. */
+async function finish() {
+  state.finishing = true;
+  state.error = "";
+  state.finished = null;
+  changed();
+  try {
+    const { memory } = await post("/v1/conversations");
+    state.finished = memory;
+    logEvent(memory ? `finished: ${memory.structured?.title || memory.id} (${memory.status})` : "finished: nothing was said");
+  } catch (err) {
+    if (!(err instanceof ApiError && err.status === 401)) state.error = err.message;
+  } finally {
+    state.finishing = false;
+    changed();
+  }
 }
 
 /** Stop a running session (used on sign-out). */
@@ -265,6 +287,8 @@ function segmentItem() {
 export function render(container) {
   const startButton = h("button", { type: "button", id: "live-start", onclick: start, text: "Start" });
   const stopButton = h("button", { type: "button", id: "live-stop", class: "danger", onclick: stop, text: "Stop" });
+  const finishButton = h("button", { type: "button", id: "live-finish", class: "quiet", onclick: finish, text: "Finish conversation" });
+  const finished = h("p", { id: "live-finished", role: "status" });
   const phase = h("span", { id: "live-phase", class: "pill" });
   const status = h("span", { id: "live-status", class: "muted" });
   const counters = h("span", { id: "live-counters", class: "muted" });
@@ -284,6 +308,15 @@ export function render(container) {
     if (state.phase === "reconnecting") status.textContent = `attempt ${state.attempt}`;
     counters.textContent = state.sentFrames ? `${(state.sentFrames / 10).toFixed(1)} s sent` +
       (state.droppedFrames ? `, ${(state.droppedFrames / 10).toFixed(1)} s dropped while offline` : "") : "";
+    finishButton.disabled = state.finishing;
+    finishButton.textContent = state.finishing ? "Summarising…" : "Finish conversation";
+    const memory = state.finished;
+    finished.replaceChildren(...(memory ? [
+      "Summarised: ",
+      h("a", { href: `#/conversations/${encodeURIComponent(memory.id)}`, text: memory.structured?.title || "open the conversation" }),
+      ` (${memory.status})`,
+    ] : []));
+    finished.hidden = !memory;
     problem.textContent = state.error;
     problem.hidden = !state.error;
     const ordered = [...state.segments.values()].sort((a, b) => (a.start ?? 0) - (b.start ?? 0));
@@ -313,8 +346,9 @@ export function render(container) {
 
   container.append(
     h("h2", { text: "Live" }),
-    h("div", { class: "row toolbar" }, startButton, stopButton, phase, status, counters),
+    h("div", { class: "row toolbar" }, startButton, stopButton, finishButton, phase, status, counters),
     problem,
+    finished,
     h("section", { "aria-labelledby": "transcript-title" }, h("h3", { id: "transcript-title", text: "Transcript" }), empty, list),
     h("section", { "aria-labelledby": "events-title" }, h("h3", { id: "events-title", text: "Events" }), events),
   );

@@ -109,13 +109,50 @@ def _browser(speech_wav: pathlib.Path) -> Iterator[Browser]:
             browser.close()
 
 
-@dataclass(frozen=True)
 class ServerProcess:
-    """A ``python -m server`` process and what the tests need to reach it."""
+    """A ``python -m server`` process (restartable on its port) and how to reach it."""
 
-    url: str
-    data_dir: pathlib.Path
-    log: pathlib.Path
+    def __init__(self, base: pathlib.Path) -> None:
+        self.data_dir = base / "data"
+        self.log = base / "server.log"
+        self.port = 0
+        self._process: subprocess.Popen[bytes] | None = None
+        self._env = {
+            **{
+                k: v for k, v in os.environ.items() if k not in ("TRIOSCRIBE_STT", "TRIOSCRIBE_VAD")
+            },
+            "TRIOSCRIBE_DATA_DIR": str(self.data_dir),
+            "TRIOSCRIBE_ADMIN_TOKEN": ADMIN_TOKEN,
+            "TRIOSCRIBE_ALLOW_LOOPBACK_WEBHOOKS": "true",
+            "TRIOSCRIBE_DAY_SUMMARY_HOUR_UTC": "-1",
+            "TRIOSCRIBE_SWEEPER_INTERVAL_S": "0.25",
+            "TRIOSCRIBE_GRACEFUL_SHUTDOWN_S": "5",
+            "TRIOSCRIBE_STT_WORKERS": "1",
+        }
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Start on a free port the first time, on the same port after :meth:`stop`."""
+        offset = self.log.stat().st_size if self.log.exists() else 0
+        with self.log.open("ab") as sink:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "server"],
+                cwd=ROOT,
+                env={**self._env, "TRIOSCRIBE_PORT": str(self.port)},
+                stdout=sink,
+                stderr=sink,
+            )
+        pattern = r"listening on http://[^\s]+:(\d+)"
+        self.port = int(_wait_for_line(self.log, pattern, self._process, offset))
+
+    def stop(self) -> None:
+        """SIGTERM (live sessions get 1001) and wait for the exit."""
+        if self._process is not None:
+            _stop(self._process)
+            self._process = None
 
     def admin(self, method: str, path: str, body: dict[str, Any]) -> httpx.Response:
         headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -129,10 +166,13 @@ class ServerProcess:
         return str(response.json()["token"])
 
 
-def _wait_for_line(path: pathlib.Path, pattern: str, process: subprocess.Popen[bytes]) -> str:
+def _wait_for_line(
+    path: pathlib.Path, pattern: str, process: subprocess.Popen[bytes], offset: int = 0
+) -> str:
     deadline = time.monotonic() + START_TIMEOUT_S
+    text = ""
     while time.monotonic() < deadline:
-        text = path.read_text(errors="replace") if path.exists() else ""
+        text = path.read_bytes()[offset:].decode(errors="replace") if path.exists() else ""
         match = re.search(pattern, text, re.MULTILINE)
         if match:
             return match.group(1)
@@ -158,30 +198,12 @@ def _console_server(
     """``python -m server`` with its defaults (embedded pocketsphinx STT, VAD on, SQLite) on a
     free port, loopback webhooks allowed, a fast sweeper. Depends on ``browser`` so that it is
     not started when the browser tests skip."""
-    base = tmp_path_factory.mktemp("console-server")
-    log = base / "server.log"
-    env = {
-        **os.environ,
-        "TRIOSCRIBE_DATA_DIR": str(base / "data"),
-        "TRIOSCRIBE_PORT": "0",
-        "TRIOSCRIBE_ADMIN_TOKEN": ADMIN_TOKEN,
-        "TRIOSCRIBE_ALLOW_LOOPBACK_WEBHOOKS": "true",
-        "TRIOSCRIBE_DAY_SUMMARY_HOUR_UTC": "-1",
-        "TRIOSCRIBE_SWEEPER_INTERVAL_S": "0.25",
-        "TRIOSCRIBE_GRACEFUL_SHUTDOWN_S": "5",
-        "TRIOSCRIBE_STT_WORKERS": "1",
-    }
-    for name in ("TRIOSCRIBE_STT", "TRIOSCRIBE_VAD"):
-        env.pop(name, None)
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "server"], cwd=ROOT, env=env, stdout=sink, stderr=sink
-        )
+    server = ServerProcess(tmp_path_factory.mktemp("console-server"))
+    server.start()
     try:
-        port = _wait_for_line(log, r"listening on http://[^\s]+:(\d+)", process)
-        yield ServerProcess(f"http://127.0.0.1:{port}", base / "data", log)
+        yield server
     finally:
-        _stop(process)
+        server.stop()
 
 
 @dataclass(frozen=True)
