@@ -182,6 +182,9 @@ def test_live_speech_to_processed_conversation_and_webhook_delivery(
     page.get_by_label("Title").fill("Call the doctor")
     page.get_by_role("button", name="Rename").click()
     expect(page.locator("#conversation-title")).to_contain_text("Call the doctor")
+    page.get_by_role("button", name="Discard").click()
+    page.get_by_role("button", name="Restore").click()
+    expect(page.get_by_role("button", name="Discard")).to_be_visible()
 
     # The memory_created delivery: received signed, logged as delivered, redeliverable.
     _until(lambda: len(receiver.received()) >= 1, 15, "the memory_created webhook")
