@@ -49,6 +49,11 @@ def _page(context: BrowserContext) -> tuple[Page, list[str]]:
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    # the console itself must never trip its Content-Security-Policy
+    page.on(
+        "console",
+        lambda msg: "Content Security Policy" in msg.text and errors.append(msg.text),
+    )
     return page, errors
 
 
@@ -92,15 +97,17 @@ def test_sign_in_page_errors_csp_and_401(
     expect(page.get_by_role("alert")).to_have_text("invalid or revoked token")  # error.message
     assert page.evaluate("() => sessionStorage.length") == 0
 
-    blocked = page.evaluate(
-        """() => {
-            const s = document.createElement("script");
-            s.textContent = "window.__inline = 1";
-            document.head.append(s);
-            return window.__inline === undefined;
-        }"""
-    )
+    with page.expect_console_message(lambda msg: "Content Security Policy" in msg.text):
+        blocked = page.evaluate(
+            """() => {
+                const s = document.createElement("script");
+                s.textContent = "window.__inline = 1";
+                document.head.append(s);
+                return window.__inline === undefined;
+            }"""
+        )
     assert blocked, "the Content-Security-Policy must forbid inline script"
+    errors.clear()  # that violation was this test's own
 
     _sign_in(page, console_server.url + "/", console_server.token("bob"))
     expect(page.get_by_role("heading", name="Live")).to_be_visible()
