@@ -9,9 +9,10 @@ Tasks of a session (all in one nursery; when the session ends, all of them end):
     lifecycle      conversation timeout -> persist, close durably, wake processing
     persister      flushes queued segment writes every PERSIST_INTERVAL_S
 
-End of a session, whatever the cause (client gone, drain, idle, bad input): stop taking audio,
-flush the STT stream (bounded), persist every segment (shielded, bounded), send the last
-segments, close with the cause's code. The conversation stays resumable; only its timeout (here
+End of a session, whatever the cause (client gone, drain, idle, bad input): stop taking audio
+(a drain first takes the audio the client sent before it, see ``_read_backlog``), flush the STT
+stream (bounded), persist every segment (shielded, bounded), send the last segments, close with
+the cause's code. The conversation stays resumable; only its timeout (here
 or in the sweeper) closes it.
 
 Queues: the outbox holds at most OUTBOX_SIZE messages. The session's own producers wait for room
@@ -54,6 +55,13 @@ STT_FLUSH_S: Final = 3.0
 FINAL_PERSIST_S: Final = 2.0
 #: Bound on delivering the last messages before the close frame.
 FINAL_SEND_S: Final = 1.0
+#: Draining: reading the audio received before the drain stops at a gap this long ...
+BACKLOG_GAP_S: Final = 0.5
+#: ... or after this long in all.
+BACKLOG_MAX_S: Final = 5.0
+#: ... or once the session lags real time by less than this (a frame not yet sent).
+BACKLOG_SLACK_S: Final = 0.15
+BYTES_PER_SAMPLE: Final = 2
 KEEPALIVE_MAX_BYTES: Final = 2
 MAX_TEXT_CHARS: Final = 64 * 1024
 
@@ -115,6 +123,8 @@ class ListenSession:
         self._cause: CloseCause | None = None
         self._last_client_data = trio.current_time()
         self._audio_origin_wall: float | None = None
+        self._audio_bytes = 0
+        self._accepted_at = trio.current_time()  # built right after the accept
         self._end_requested = trio.Event()
         self._conversation_ended = trio.Event()
         self.frames = 0
@@ -197,6 +207,8 @@ class ListenSession:
             await self._status("ready", "Ready")
             with self._receive_scope:
                 await self._receive_loop(stream)
+            if self._cause is DRAINING:
+                await self._read_backlog(stream)
             await self._finish(stream, consumer_done)
             nursery.cancel_scope.cancel()
         return self._cause or CLIENT_GONE
@@ -227,13 +239,45 @@ class ListenSession:
             if message is None:
                 self.end(CLIENT_GONE)
                 return
-            self._last_client_data = trio.current_time()
-            if isinstance(message, str):
-                self._on_text(message)
-                continue
+            await self._take(message, stream)
+
+    async def _take(  # noqa: ASYNC910 -- the caller's receive checkpoints (hot path)
+        self, message: bytes | str, stream: SttStream
+    ) -> None:
+        self._last_client_data = trio.current_time()
+        out: GateOutput | None = None
+        if isinstance(message, str):
+            self._on_text(message)
+        else:
             out = self._on_audio(message)
-            if out is not None and (out.forward or out.speech_ended):
-                await self._feed(out, stream)
+        if out is not None and (out.forward or out.speech_ended):
+            await self._feed(out, stream)
+
+    async def _read_backlog(self, stream: SttStream) -> None:
+        """Draining: transcribe the audio the client sent before the drain began.
+
+        The session reads behind the client (hypercorn queues ``max_app_queue_size`` frames,
+        the socket buffers more; under load that is seconds of audio), so cancelling the receive
+        loop dropped audio the server had already received. This reads on until the session has
+        as much audio as real time since the accept at the drain, until no frame comes for
+        ``BACKLOG_GAP_S`` (the client paused or left), at most ``BACKLOG_MAX_S`` and never past
+        the drain deadline. A receive cut by a bound loses nothing (ASGI receive is a channel).
+        """
+        await trio.lowlevel.checkpoint()
+        ws, bytes_per_s = self._ws, self._params.sample_rate * BYTES_PER_SAMPLE
+        until = min(trio.current_time() + BACKLOG_MAX_S, self._drain_deadline())
+        with trio.move_on_at(until):  # noqa: ASYNC912 -- nothing owed: nothing to wait for
+            while not ws.closed and self._audio_bytes < bytes_per_s * self._owed_s():
+                message: bytes | str | None = None
+                with trio.move_on_after(BACKLOG_GAP_S):
+                    message = await ws.receive()
+                if message is None:
+                    return
+                await self._take(message, stream)
+
+    def _owed_s(self) -> float:
+        """Seconds of audio a real-time client has sent by now, less one frame's worth."""
+        return trio.current_time() - self._accepted_at - BACKLOG_SLACK_S
 
     def _on_audio(self, frame: bytes) -> GateOutput | None:
         if len(frame) <= KEEPALIVE_MAX_BYTES:
@@ -245,6 +289,7 @@ class ListenSession:
             self.bad_frames += 1
             return None
         self.frames += 1
+        self._audio_bytes += len(pcm)
         if self._audio_origin_wall is None:
             self._audio_origin_wall = wall_now()
         self._hooks.on_audio(self.user_id, self.session_id, pcm, self._params.sample_rate)

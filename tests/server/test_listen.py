@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import sqlite3
 from collections.abc import Callable
 
 import httpx
@@ -12,6 +13,7 @@ from trio_websocket import ConnectionClosed
 
 from server.serve import ServerHandle
 from server.settings import Settings
+from server.store.sqlite import DB_FILENAME
 from server.stt.fake import FakeSttProvider, fake_text
 from tests.conftest import auth, create_user_token, start_server
 from tests.helpers import wait_until
@@ -332,3 +334,30 @@ async def test_deepgram_provider_end_to_end_against_the_fake_server(
         "en",
     )
     assert fake.connections[0].authorization == f"Token {FAKE_API_KEY}"
+
+
+@pytest.mark.slow
+async def test_drain_stores_audio_received_before_it(
+    nursery: trio.Nursery, make_settings: Callable[..., Settings]
+) -> None:
+    """A drain that finds the session behind its client (frames queued in hypercorn and the
+    socket, as under load) transcribes and stores them all, the partial last second too."""
+    settings = make_settings(graceful_shutdown_s=5.0)
+    server = await start_server(nursery, settings)
+    audio = pcm(1.3, seed=11)
+    with trio.fail_after(20):
+        token = await _token(server)
+        async with open_listen(server, token=token) as ws:
+            received = await read_until(ws, Received(), lambda r: len(r.events) >= 3)
+            await trio.sleep(1.5)  # a real-time client has sent 1.3 s of audio by now ...
+            for frame in frames(audio):  # ... which the server has not read yet
+                await ws.send_message(frame)
+            server.request_shutdown()
+            await read_until(ws, received, lambda r: False)
+    assert received.close_code == 1001
+    db = pathlib.Path(settings.data_dir) / DB_FILENAME
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        rows = conn.execute("SELECT text FROM transcript_segments").fetchall()
+    expected = _expected(audio, 1) + [fake_text(1, audio[SECOND:])]
+    assert " ".join(text for (text,) in rows) == " ".join(expected)
+    assert received.joined() == " ".join(expected)
