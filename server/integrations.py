@@ -44,6 +44,7 @@ from server.webhooks.day_summary import DaySummaryScheduler
 from server.webhooks.delivery import DeliveryConfig, DeliveryWorkers
 from server.webhooks.models import Endpoint
 from server.webhooks.realtime import RealtimeConfig, RealtimeDispatcher
+from server.webhooks.replies import AppReplies
 from server.webhooks.repository import Transactional, WebhookRepository
 from server.webhooks.ssrf import PinnedTransport
 
@@ -149,13 +150,15 @@ async def open_integrations(
         embedded = EmbeddedSummariser(thread_lane)
         summariser = await _open_summariser(stack, settings, embedded, openai_transport)
         nursery = await stack.enter_async_context(trio.open_nursery())
-        realtime = _realtime(ctx, registry, repo, lane, nursery)
+        replies = AppReplies()
+        ctx.stats["app_replies"] = replies.statistics
+        realtime = _realtime(ctx, registry, repo, lane, nursery, replies)
         stack.callback(nursery.cancel_scope.cancel)
         stack.callback(realtime.close_all)
         realtime.load(await repo.realtime_endpoints())
         integrations = _assemble(
             ctx, registry, processing, repo, lane, summariser, embedded, realtime,
-            processing_config, delivery_config,
+            processing_config, delivery_config, replies,
         )  # fmt: skip
         yield integrations
 
@@ -166,6 +169,7 @@ def _realtime(
     repo: WebhookRepository,
     lane: HttpLane,
     nursery: trio.Nursery,
+    replies: AppReplies,
 ) -> RealtimeDispatcher:
     def on_gone(endpoint: Endpoint) -> None:
         nursery.start_soon(_disable, repo, endpoint.id)
@@ -176,6 +180,7 @@ def _realtime(
         RealtimeConfig(timeout_s=ctx.settings.webhook_timeout_s),
         registry.push_to_user,
         on_gone,
+        replies,
     )
 
 
@@ -198,6 +203,7 @@ def _assemble(
     realtime: RealtimeDispatcher,
     processing_config: ProcessingConfig | None,
     delivery_config: DeliveryConfig | None,
+    replies: AppReplies,
 ) -> Integrations:
     settings = ctx.settings
     delivery = DeliveryWorkers(
@@ -216,6 +222,8 @@ def _assemble(
         wakeup,
         registry.push_to_user,
         delivery.wakeup.set,
+        replies=replies,
+        deliver_now=delivery.deliver_now,
     )
     day = DaySummaryScheduler(
         ctx.store, repo, embedded, ctx.drain, settings.day_summary_hour_utc, delivery.wakeup.set

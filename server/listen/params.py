@@ -7,29 +7,37 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["ListenParams", "ParamError", "parse_listen_params"]
+__all__ = ["DEFAULT_SOURCE", "SOURCES", "ListenParams", "ParamError", "parse_listen_params"]
 
 #: Omi raises shorter conversation timeouts to 120 s and maps -1 to 4 h.
 MIN_CONVERSATION_TIMEOUT_S: Final = 120.0
 MAX_CONVERSATION_TIMEOUT_S: Final = 4 * 3600.0
 MAX_LANGUAGE_CHARS: Final = 16
+#: Omi's ``ConversationSource`` values (backend/models/conversation_enums.py).
 SOURCES: Final = frozenset(
     {
-        "omi",
         "friend",
+        "omi",
+        "fieldy",
+        "bee",
+        "plaud",
+        "frame",
+        "friend_com",
+        "apple_watch",
         "phone",
         "phone_call",
         "desktop",
         "openglass",
-        "limitless",
-        "sdcard",
+        "screenpipe",
         "workflow",
+        "sdcard",
         "external_integration",
+        "limitless",
         "onboarding",
-        "browser",
-        "bench",
     }
 )
+#: What an unknown ``source`` becomes (Omi's transcribe.py: an invalid value -> ``omi``).
+DEFAULT_SOURCE: Final = "omi"
 
 
 class ParamError(ValueError):
@@ -52,6 +60,7 @@ class ListenParams:
     conversation_timeout_s: float
     source: str
     stt_service: str | None
+    custom_stt: bool = False
 
 
 def _int(query: Mapping[str, str], name: str, default: int) -> int:
@@ -108,9 +117,9 @@ def parse_listen_params(
     sample_rate = _int(query, "sample_rate", 8000)
     if sample_rate not in (8000, 16000):
         raise ParamError(1008, f"sample_rate must be 8000 or 16000 (got {sample_rate})")
-    source = query.get("source") or "omi"
+    source = query.get("source") or DEFAULT_SOURCE
     if source not in SOURCES:
-        source = "unknown"  # Omi maps unknown sources to "unknown"
+        source = DEFAULT_SOURCE
     return ListenParams(
         language=_language(query),
         sample_rate=sample_rate,
@@ -119,4 +128,5 @@ def parse_listen_params(
         conversation_timeout_s=_timeout(query, default_timeout_s),
         source=source,
         stt_service=query.get("stt_service") or None,
+        custom_stt=query.get("custom_stt") == "enabled",
     )

@@ -39,12 +39,33 @@ class Transactional(Protocol):
 
 
 def outbox_hook(
-    user_id: str, kind: str, payload: bytes, now: float, *, dedupe_key: str | None = None
+    user_id: str,
+    kind: str,
+    payload: bytes,
+    now: float,
+    *,
+    dedupe_key: str | None = None,
+    message_id: str | None = None,
+    defer_once_apps_s: float = 0.0,
 ) -> TransactionHook:
-    """A transaction hook that queues ``payload`` for the user's endpoints of ``kind``."""
+    """A transaction hook that queues ``payload`` for the user's endpoints of ``kind``.
+
+    ``message_id`` names the message (its ``webhook-id``) so the caller can attempt the
+    ``once`` apps' deliveries itself (see :func:`server.webhooks._sql.enqueue`).
+    """
 
     def hook(conn: sqlite3.Connection) -> None:
-        _sql.enqueue(conn, user_id, kind, payload, JSON_CONTENT_TYPE, now, dedupe_key)
+        _sql.enqueue(
+            conn,
+            user_id,
+            kind,
+            payload,
+            JSON_CONTENT_TYPE,
+            now,
+            dedupe_key,
+            message_id=message_id,
+            defer_once_apps_s=defer_once_apps_s,
+        )
 
     return hook
 
@@ -172,6 +193,12 @@ class WebhookRepository:
         """Lease due deliveries (see :func:`server.webhooks._sql.claim_due`)."""
         return await self._store.run_in_transaction(
             partial(_sql.claim_due, now=now, lease_s=lease_s, limit=limit)
+        )
+
+    async def claim_message(self, message_id: str, now: float, lease_s: float) -> list[DueDelivery]:
+        """Lease one message's ``once`` app deliveries (see :func:`_sql.claim_message`)."""
+        return await self._store.run_in_transaction(
+            partial(_sql.claim_message, message_id=message_id, now=now, lease_s=lease_s)
         )
 
     async def record_attempt(

@@ -21,7 +21,7 @@ from server.drain import Drain
 from server.store import MIGRATIONS, Conversation, SegmentRow, SqliteStore, User, apply_migrations
 from server.store._pool import ConnectionPool
 from server.store._tx import new_id
-from server.webhooks.models import Endpoint, OwnerKind
+from server.webhooks.models import DeliveryMode, Endpoint, OwnerKind
 from server.webhooks.repository import WebhookRepository
 from server.webhooks.signing import new_secret
 
@@ -98,6 +98,7 @@ async def add_endpoint(
     name: str = "",
     interval_s: float = 5.0,
     user_id: str | None = None,
+    delivery: DeliveryMode = "at_least_once",
 ) -> Endpoint:
     """Register an endpoint directly in the store (what the API does after its checks)."""
     now = wall_now()
@@ -116,6 +117,7 @@ async def add_endpoint(
         disabled_reason=None,
         created_at=now,
         updated_at=now,
+        delivery=delivery,
     )
     await world.repo.create_endpoint(endpoint, 100)
     return endpoint
