@@ -254,6 +254,8 @@ class ListenSession:
             self.bad_frames += 1
             return None
         self.frames += 1
+        if not pcm:  # a codec that needs more input (a partial AAC frame)
+            return None
         if self._audio_origin_wall is None:
             self._audio_origin_wall = wall_now()
         self._hooks.on_audio(self.user_id, self.session_id, pcm, self._params.sample_rate)
