@@ -40,6 +40,7 @@ FIRST_SENTENCE_END = int(3.6 * RATE) * 2
 PAUSE = bytes(2 * RATE * 2)  # 2 s of digital silence
 #: Frames are paced at 4x real time: the VAD and the endpointer run on audio time, not wall time.
 FRAME_INTERVAL_S = 0.025
+LAST_FINAL_WAIT_S = 20.0
 
 
 async def _start_default_server(cwd: pathlib.Path) -> tuple[trio.Process, int]:
@@ -77,6 +78,7 @@ async def _stream_and_read(port: int, token: str) -> tuple[list[dict[str, Any]],
     """Stream the speech; return every event and the final text of each segment id."""
     events: list[dict[str, Any]] = []
     segments: dict[str, str] = {}
+    heard_all = trio.Event()
     url = f"ws://127.0.0.1:{port}/v4/listen?codec=pcm16&sample_rate=16000&language=en"
     headers = [("Authorization", f"Bearer {token}")]
     async with open_websocket_url(url, extra_headers=headers) as ws:
@@ -94,6 +96,8 @@ async def _stream_and_read(port: int, token: str) -> tuple[list[dict[str, Any]],
             value = json.loads(message)
             if isinstance(value, list):
                 segments.update({s["id"]: s["text"] for s in value})
+                if _heard_every_sentence(segments):
+                    heard_all.set()
             else:
                 events.append(value)
 
@@ -103,8 +107,17 @@ async def _stream_and_read(port: int, token: str) -> tuple[list[dict[str, Any]],
             for begin in range(0, len(audio), FRAME):
                 await ws.send_message(audio[begin : begin + FRAME])
                 await trio.sleep(FRAME_INTERVAL_S)
+            # The last final comes after the trailing pause is decoded: a slow (loaded) worker
+            # may need a moment more; a user's app keeps the socket open the same way.
+            with trio.move_on_after(LAST_FINAL_WAIT_S):
+                await heard_all.wait()
             await ws.aclose(1000)
     return events, segments
+
+
+def _heard_every_sentence(segments: dict[str, str]) -> bool:
+    heard = " ".join(segments.values()).split()
+    return all(_recall(sentence, heard) >= 0.7 for sentence in SENTENCES)
 
 
 def _recall(reference: list[str], heard: list[str]) -> float:
@@ -131,8 +144,6 @@ async def test_python_m_server_transcribes_speech_with_pauses_without_degrading(
                 await process.wait()
     statuses = [e.get("status") for e in events if e.get("type") == "service_status"]
     assert "stt_degraded" not in statuses, (events, (tmp_path / "server.log").read_text())
-    heard = " ".join(segments.values()).split()
-    for sentence in SENTENCES:
-        assert _recall(sentence, heard) >= 0.7, (sentence, heard)
+    assert _heard_every_sentence(segments), (SENTENCES, segments)
     assert process.returncode == 0
     assert (tmp_path / "data").is_dir()  # the default ./data, relative to where it was started
