@@ -267,9 +267,9 @@ class ProcessingWorkers:
     async def _messages(self, conversation_id: str, message_id: str) -> list[dict[str, object]]:
         """The conversation's app replies: realtime ones kept so far, then the ``once`` apps'
         answers to ``memory_created`` (a failure there only loses the replies, never the event)."""
+        await trio.lowlevel.checkpoint()
         messages = self._replies.take(conversation_id) if self._replies is not None else []
         if self._deliver_now is None:
-            await trio.lowlevel.checkpoint()
             return messages
         try:
             messages.extend(await self._deliver_now(message_id))

@@ -85,6 +85,7 @@ async def _force_process(server: ServerHandle, user_id: str, segments: int) -> s
 
 
 async def _words_posted(mentor: Mentor, uid: str, count: int) -> None:
+    await trio.lowlevel.checkpoint()
     while len(mentor.words(uid)) < count:
         await mentor.wait_answered()
 
