@@ -93,7 +93,7 @@ async def test_aac_and_lc3_sessions_transcribe_real_speech(
     nursery: trio.Nursery, make_settings: Callable[..., Settings]
 ) -> None:
     """The default stack (VAD, pocketsphinx) behind each codec, with the app's query."""
-    settings = make_settings(stt="embedded", vad="active", stt_workers=1, stt_streams_per_worker=1)
+    settings = make_settings(stt="embedded", vad="active", stt_workers=1, stt_streams_per_worker=2)
     server = await start_server(nursery, settings)
     silence = bytes(RATE * 2)  # one second, so the endpointer closes the last sentence
     words = set(REFERENCE)
