@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final, Protocol
 
+from server.store import SummaryFields
+
 __all__ = [
     "CATEGORIES",
     "DEFAULT_EMOJI",
@@ -140,6 +142,10 @@ class Summary:
                 if event.start
             ],
         }
+
+    def fields(self) -> SummaryFields:
+        """What the store writes when the conversation completes with this summary."""
+        return SummaryFields(self.title, self.overview, self.emoji, self.category, self.to_json())
 
 
 class SegmentLike(Protocol):

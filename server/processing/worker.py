@@ -22,7 +22,6 @@ return (an idle worker returns at once).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -37,8 +36,7 @@ from server.drain import Drain
 from server.processing.summarise import Summariser, Summary, SummaryError
 from server.store import Conversation, Store
 from server.views import conversation_json
-from server.wakeup import Wakeup
-from server.webhooks._wait import wait_any
+from server.wakeup import Wakeup, wait_any
 from server.webhooks.payloads import dumps
 from server.webhooks.replies import AppReplies
 from server.webhooks.repository import outbox_hook
@@ -161,7 +159,7 @@ class ProcessingWorkers:
         self._counts: dict[str, int] = dict.fromkeys(("completed", "retry", "failed", "lost"), 0)
         self._last_error: str | None = None
 
-    async def run(  # noqa: ASYNC114 -- started by Integrations.start_workers
+    async def run(  # noqa: ASYNC114 -- started by Components.start_workers
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Run ``workers`` worker tasks until the server drains and they are idle."""
@@ -220,46 +218,25 @@ class ProcessingWorkers:
 
     async def _complete(self, conversation: Conversation, summary: Summary) -> ProcessOutcome:
         now = wall_now()
-        structured = summary.to_json()
-        done = dataclasses.replace(
-            conversation,
-            status="completed",
-            title=summary.title,
-            overview=summary.overview,
-            emoji=summary.emoji,
-            category=summary.category,
-            structured=structured,
-            failure_reason=None,
-            next_attempt_at=None,
-        )
-        memory = conversation_json(done)
         message_id = new_message_id()
         hook = outbox_hook(
-            conversation.user_id,
             "memory_created",
-            dumps(memory),
+            _memory_payload,
             now,
             message_id=message_id,
             defer_once_apps_s=ONCE_HOLD_S if self._deliver_now is not None else 0.0,
         )
-        written = await self._store.complete_conversation(
-            conversation.id,
-            structured,
-            summary.title,
-            summary.overview,
-            summary.emoji,
-            summary.category,
-            now,
-            extra=hook,
+        done = await self._store.complete_conversation(
+            conversation.id, summary.fields(), now, extra=hook
         )
-        if not written:
+        if done is None:
             self._counts["lost"] += 1
             return "lost"
         self._counts["completed"] += 1
-        messages = await self._messages(conversation.id, message_id)
+        memory = conversation_json(done)
+        messages = await self._messages(done.id, message_id)
         self._on_event(
-            conversation.user_id,
-            {"type": "memory_created", "memory": memory, "messages": messages},
+            done.user_id, {"type": "memory_created", "memory": memory, "messages": messages}
         )
         self._on_completed()
         return "completed"
@@ -310,3 +287,7 @@ class ProcessingWorkers:
             lost=self._counts["lost"],
             last_error=self._last_error,
         )
+
+
+def _memory_payload(completed: Conversation) -> bytes:
+    return dumps(conversation_json(completed))

@@ -16,9 +16,11 @@ __all__ = [
     "CloseOutcome",
     "Conversation",
     "ConversationStatus",
+    "ListQuery",
     "Page",
     "SegmentRow",
     "StoreStatistics",
+    "SummaryFields",
     "TokenInfo",
     "User",
 ]
@@ -122,6 +124,38 @@ class Conversation:
     processing_attempts: int = 0
     next_attempt_at: float | None = None
     segments: tuple[SegmentRow, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryFields:
+    """What completing a conversation writes: its summary's columns and structured JSON.
+
+    Attributes:
+        structured: the summary's structured result (a JSON object; ``ValidationError`` if not
+            serialisable).
+    """
+
+    title: str
+    overview: str
+    emoji: str
+    category: str
+    structured: Mapping[str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class ListQuery:
+    """Filters of a conversation list (built by the store from its keyword arguments).
+
+    ``statuses``: ``None`` for any status. ``since <= created_at < until``.
+    """
+
+    statuses: frozenset[str] | None = None
+    since: float | None = None
+    until: float | None = None
+    include_discarded: bool = True
+    starred: bool | None = None
+    offset: int = 0
+    with_segments: bool = False
 
 
 @dataclass(frozen=True, slots=True)
