@@ -105,9 +105,7 @@ async def test_aac_and_lc3_sessions_transcribe_real_speech(
         ):
             token = await create_user_token(client, f"device-{codec}")
             with trio.fail_after(60):
-                async with open_listen(
-                    server, app_query(codec=codec, stt_service="embedded"), token
-                ) as ws:
+                async with open_listen(server, app_query(codec=codec), token) as ws:
                     view = await read_app(
                         ws, AppView(), lambda v: len(v.of_type("service_status")) >= 3
                     )

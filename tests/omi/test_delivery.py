@@ -9,15 +9,17 @@ notifies the user twice.
 from __future__ import annotations
 
 import pathlib
+import sqlite3
 
 import httpx
 import trio
 import trio.testing
 
 from server.clock import wall_now
+from server.webhooks import _sql
 from server.webhooks.delivery import DeliveryConfig
 from server.webhooks.payloads import dumps
-from server.webhooks.repository import outbox_hook
+from server.webhooks.repository import JSON_CONTENT_TYPE
 from tests.fakes.webhook_world import add_endpoint, open_world
 from tests.omi.plugins import schema
 from tests.server.test_webhooks_delivery import Endpoints, delivering, queue_memory, wait_for
@@ -73,11 +75,14 @@ async def test_deliver_now_returns_the_apps_replies_as_omi_chat_messages(
         await add_endpoint(world, URL + "?dev", ["memory_created"])  # at_least_once: workers
         reply = {"message": "nice chat about the launch!"}
         endpoints = Endpoints(default=lambda: httpx.Response(200, json=reply))
-        hook = outbox_hook(
-            world.user.id, "memory_created", dumps({"id": "c1"}), wall_now(),
-            message_id="msg_1", defer_once_apps_s=120,
-        )  # fmt: skip
-        await world.store.run_in_transaction(hook)
+
+        def enqueue(conn: sqlite3.Connection) -> int:  # what outbox_hook does at a completion
+            return _sql.enqueue(
+                conn, world.user.id, "memory_created", dumps({"id": "c1"}), JSON_CONTENT_TYPE,
+                wall_now(), None, message_id="msg_1", defer_once_apps_s=120,
+            )  # fmt: skip
+
+        assert await world.store.run_in_transaction(enqueue) == 2
         async with delivering(world, endpoints, DeliveryConfig(poll_interval_s=1)) as workers:
             with trio.fail_after(30):
                 messages = await workers.deliver_now("msg_1")

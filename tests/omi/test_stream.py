@@ -25,7 +25,7 @@ from tests.omi.plugins import ConversationFeedback, CursingChecker, Mentor
 from tests.server.listen_client import RATE, frames, open_listen, pcm
 
 SECOND = RATE * 2
-APP_STT = "fake"  # TODO(omirest): the app's own model name once stt_service is a preference
+APP_STT = "soniox"  # the app sends its own model; Omi treats it as a hint (omirest)
 
 
 async def _register(client: httpx.AsyncClient, token: str, path: str, body: Any) -> Any:
@@ -71,7 +71,7 @@ async def _plugins(client: httpx.AsyncClient, token: str, rx: Receivers) -> dict
 async def _force_process(server: ServerHandle, user_id: str, segments: int) -> str:
     """Close the user's live conversation once its segments are stored, and wake processing."""
     store = server.context.store
-    registry = server.context.services["sessions"]
+    registry = server.context.sessions
     (session,) = list(registry.sessions_of(user_id))
     conversation_id: str = session.conversation_id
     while True:
@@ -80,7 +80,7 @@ async def _force_process(server: ServerHandle, user_id: str, segments: int) -> s
             break
         await trio.sleep(0.05)
     assert await store.close_conversation(conversation_id, wall_now()) == "processing"
-    server.context.services["processing"].set()
+    server.context.processing_wakeup.set()
     return conversation_id
 
 

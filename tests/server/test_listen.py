@@ -143,7 +143,7 @@ async def test_bad_input_non_json_text_and_huge_frames(server: ServerHandle) -> 
             for frame in frames(pcm(1.0)):
                 await ws.send_message(frame)
             fine = await read_until(ws, Received(), lambda r: len(r.segments) >= 1)
-            ignored = server.context.services["sessions"].statistics().totals["ignored_text"]
+            ignored = server.context.sessions.statistics().totals["ignored_text"]
     assert huge.close_code == 1009
     assert ignored == 3
     assert fine.close_code is None and len(fine.segments) == 1
