@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 import trio
 
 from server.clock import wall_now
@@ -135,6 +136,7 @@ async def test_the_app_streams_and_omis_plugins_count_every_word_once(
     assert view.unknown_events.count("app_message") == 1  # the extra event, ignored by the app
 
 
+@pytest.mark.slow
 async def test_custom_stt_suggested_transcripts_are_the_transcript_and_replies_reach_the_app(
     nursery: trio.Nursery, make_settings: Callable[..., Settings]
 ) -> None:
