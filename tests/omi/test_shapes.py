@@ -40,7 +40,7 @@ def test_no_event_without_a_start_reaches_a_plugin_or_the_app() -> None:
         "events": [
             {"title": "x", "start": None, "duration": 30},
             *summary_from_json(ANSWER).to_json()["events"],
-        ]  # type: ignore[list-item]
+        ]
     }
     conversation = Conversation(
         id="c1", user_id="u1", status="completed", created_at=1.7e9, updated_at=1.7e9,
@@ -48,7 +48,7 @@ def test_no_event_without_a_start_reaches_a_plugin_or_the_app() -> None:
         title="Launch review", overview="planned", structured=stored,
     )  # fmt: skip
     body = conversation_json(conversation)
-    events = body["structured"]["events"]  # type: ignore[index]
+    events = body["structured"]["events"]
     assert [e["title"] for e in events] == ["Launch review", "Offset"]
     errors = [e.message for e in schema("plugin_conversation.schema.json").iter_errors(body)]
     assert errors == []
