@@ -48,6 +48,7 @@ from server.wakeup import Wakeup
 from server.webhooks.delivery import DeliveryConfig, DeliveryWorkers
 from server.webhooks.models import Endpoint
 from server.webhooks.realtime import RealtimeConfig, RealtimeDispatcher
+from server.webhooks.replies import AppReplies
 from server.webhooks.repository import WebhookRepository
 from server.webhooks.service import WebhookService
 from server.webhooks.ssrf import PinnedTransport
@@ -275,7 +276,8 @@ def _assemble(
     )
     wakeup = Wakeup()
     repo = WebhookRepository(store)
-    realtime = _realtime(settings, registry, repo, parts.lane, nursery)
+    replies = AppReplies()
+    realtime = _realtime(settings, registry, repo, parts.lane, nursery, replies)
     delivery = DeliveryWorkers(
         repo,
         parts.lane,
@@ -292,6 +294,8 @@ def _assemble(
         wakeup,
         registry.push_to_user,
         delivery.wakeup.set,
+        replies=replies,
+        deliver_now=delivery.deliver_now,
     )
     day = DaySummaryScheduler(
         store, repo, parts.embedded, drain, settings.day_summary_hour_utc, delivery.wakeup.set
@@ -316,6 +320,7 @@ def _assemble(
         processing=processing.statistics,
         webhooks=delivery.statistics,
         webhooks_realtime=realtime.statistics,
+        app_replies=replies.statistics,
         webhook_lane=parts.lane.statistics,
         sweeper=sweeper.statistics,
     )
@@ -341,6 +346,7 @@ def _realtime(
     repo: WebhookRepository,
     lane: HttpLane,
     nursery: trio.Nursery,
+    replies: AppReplies,
 ) -> RealtimeDispatcher:
     def on_gone(endpoint: Endpoint) -> None:
         nursery.start_soon(_disable, repo, endpoint.id)
@@ -351,6 +357,7 @@ def _realtime(
         RealtimeConfig(timeout_s=settings.webhook_timeout_s),
         registry.push_to_user,
         on_gone,
+        replies,
     )
 
 

@@ -2,7 +2,9 @@
 
 :class:`Receivers` answers each path from a script (a queue of replies consumed in order, then
 a default reply), so "fail twice, then accept" or "410 from now on" are one line. ``/hang``
-never answers and ``/slow?ms=N`` answers 200 after N ms. Every request is recorded (method,
+never answers and ``/slow?ms=N`` answers 200 after N ms. A path can also be answered by a
+function of the request (:meth:`Receivers.handle`: receivers written like real plugins). Every
+request is recorded (method,
 path, query, lower-case headers, body) like :mod:`tests.fakes.http_targets` does; both are
 served by :func:`bench.loopback_http.serve_h11`.
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -49,6 +51,7 @@ class Receivers:
     port: int = 0
     _scripts: dict[str, deque[Reply]] = field(default_factory=dict)
     _defaults: dict[str, Reply] = field(default_factory=dict)
+    _handlers: dict[str, Callable[[RecordedRequest], Reply]] = field(default_factory=dict)
     _arrived: trio.Event = field(default_factory=trio.Event)
 
     def script(self, path: str, *replies: Reply, default: Reply | None = None) -> None:
@@ -56,6 +59,10 @@ class Receivers:
         self._scripts[path] = deque(replies)
         if default is not None:
             self._defaults[path] = default
+
+    def handle(self, path: str, handler: Callable[[RecordedRequest], Reply]) -> None:
+        """Answer ``path`` with ``handler(request)`` (called in the receiver's task)."""
+        self._handlers[path] = handler
 
     def url(self, path: str) -> str:
         """``http://127.0.0.1:<port><path>``."""
@@ -115,5 +122,6 @@ async def _answer(receivers: Receivers, request: Request, stream: trio.SocketStr
         await trio.sleep(int(recorded.query.get("ms", ["100"])[0]) / 1000)
         return Response(200, b"slow")
     await trio.lowlevel.checkpoint()
-    reply = receivers._reply(recorded.path)
+    handler = receivers._handlers.get(recorded.path)
+    reply = handler(recorded) if handler is not None else receivers._reply(recorded.path)
     return Response(reply.status, reply.body, reply.headers)

@@ -108,7 +108,7 @@ async def test_a_healthy_endpoint_gets_transcripts_on_time_while_others_hang(
         assert sorted(set(ids), key=lambda i: int(i.split("-")[1])) == [
             f"seg-{n}" for n in range(20)
         ]
-        assert all(body["session_id"] == SESSION for body in received)
+        assert all(body["session_id"] == r.world.user.id for body in received)  # Omi: uid
         for request in r.receivers.on("/ok"):
             Webhook(healthy.secret).verify(request.body, request.headers)
             assert request.query == {"team": ["1"], "uid": [r.world.user.id]}
