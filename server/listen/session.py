@@ -10,7 +10,7 @@ Tasks of a session (all in one nursery; when the session ends, all of them end):
     persister      flushes queued segment writes every PERSIST_INTERVAL_S
 
 End of a session, whatever the cause (client gone, drain, idle, bad input): stop taking audio
-(a drain first takes the audio the client sent before it, see ``_read_backlog``), flush the STT
+(a drain first takes the frames already received, see ``_read_backlog``), flush the STT
 stream (bounded), persist every segment (shielded, bounded), send the last segments, close with
 the cause's code. The conversation stays resumable; only its timeout (here
 or in the sweeper) closes it.
@@ -62,13 +62,8 @@ STT_FLUSH_S: Final = 3.0
 FINAL_PERSIST_S: Final = 2.0
 #: Bound on delivering the last messages before the close frame.
 FINAL_SEND_S: Final = 1.0
-#: Draining: reading the audio received before the drain stops at a gap this long ...
-BACKLOG_GAP_S: Final = 0.5
-#: ... or after this long in all.
-BACKLOG_MAX_S: Final = 5.0
-#: ... or once the session lags real time by less than this (a frame not yet sent).
-BACKLOG_SLACK_S: Final = 0.15
-BYTES_PER_SAMPLE: Final = 2
+#: Draining: bound on transcribing the frames already received (see ``_read_backlog``).
+BACKLOG_MAX_S: Final = 1.0
 KEEPALIVE_MAX_BYTES: Final = 2
 MAX_TEXT_CHARS: Final = 64 * 1024
 #: Segments of one ``suggested_transcript`` message beyond this are ignored.
@@ -133,8 +128,6 @@ class ListenSession:
         self._cause: CloseCause | None = None
         self._last_client_data = trio.current_time()
         self._audio_origin_wall: float | None = None
-        self._audio_bytes = 0
-        self._accepted_at = trio.current_time()  # built right after the accept
         self._end_requested = trio.Event()
         self._conversation_ended = trio.Event()
         self.frames = 0
@@ -255,6 +248,7 @@ class ListenSession:
                 self.end(CLIENT_GONE)
                 return
             await self._take(message, stream)
+            message = None  # an idle session holds no frame (a 100 ms frame is 3.2 KB)
 
     async def _take(  # noqa: ASYNC910 -- the caller's receive checkpoints (hot path)
         self, message: bytes | str, stream: SttStream
@@ -271,30 +265,24 @@ class ListenSession:
             await self._feed(out, stream)
 
     async def _read_backlog(self, stream: SttStream) -> None:
-        """Draining: transcribe the audio the client sent before the drain began.
+        """Draining: transcribe the frames the server already received for this session.
 
-        The session reads behind the client (hypercorn queues ``max_app_queue_size`` frames,
-        the socket buffers more; under load that is seconds of audio), so cancelling the receive
-        loop dropped audio the server had already received. This reads on until the session has
-        as much audio as real time since the accept at the drain, until no frame comes for
-        ``BACKLOG_GAP_S`` (the client paused or left), at most ``BACKLOG_MAX_S`` and never past
-        the drain deadline. A receive cut by a bound loses nothing (ASGI receive is a channel).
+        hypercorn reads ahead of the session (up to ``max_app_queue_size`` frames, ~1 s of
+        audio in 100 ms frames); cancelling the receive loop used to drop them. Only what is
+        queued now is taken (waiting for more delays the close, and a real-time client sends
+        more meanwhile), at most ``BACKLOG_MAX_S`` and never past the drain deadline.
         """
         await trio.lowlevel.checkpoint()
-        ws, bytes_per_s = self._ws, self._params.sample_rate * BYTES_PER_SAMPLE
         until = min(trio.current_time() + BACKLOG_MAX_S, self._drain_deadline())
-        with trio.move_on_at(until):  # noqa: ASYNC912 -- nothing owed: nothing to wait for
-            while not ws.closed and self._audio_bytes < bytes_per_s * self._owed_s():
-                message: bytes | str | None = None
-                with trio.move_on_after(BACKLOG_GAP_S):
-                    message = await ws.receive()
+        with trio.move_on_at(until):  # noqa: ASYNC912 -- nothing queued: nothing to wait for
+            while not self._ws.closed:
+                try:
+                    message = self._ws.receive_nowait()
+                except trio.WouldBlock:
+                    return
                 if message is None:
                     return
                 await self._take(message, stream)
-
-    def _owed_s(self) -> float:
-        """Seconds of audio a real-time client has sent by now, less one frame's worth."""
-        return trio.current_time() - self._accepted_at - BACKLOG_SLACK_S
 
     def _on_audio(self, frame: bytes) -> GateOutput | None:
         if len(frame) <= KEEPALIVE_MAX_BYTES:
@@ -308,7 +296,6 @@ class ListenSession:
         self.frames += 1
         if not pcm:  # a codec that needs more input (a partial AAC frame)
             return None
-        self._audio_bytes += len(pcm)
         if self._audio_origin_wall is None:
             self._audio_origin_wall = wall_now()
         self._hooks.on_audio(self.user_id, self.session_id, pcm, self._params.sample_rate)

@@ -57,7 +57,22 @@ class AsgiWebSocket:
 
     async def receive(self) -> Message | None:
         """The next data frame, or ``None`` once the client left."""
-        message = await self._receive()
+        return self._message(await self._receive())
+
+    def receive_nowait(self) -> Message | None:
+        """The next frame the ASGI server already holds for us, without waiting (hypercorn
+        queues up to ``max_app_queue_size`` messages; its ``receive`` is that queue's bound
+        ``receive``). Raises :class:`trio.WouldBlock` if none is queued, or if the ASGI server
+        offers no such queue."""
+        nowait = getattr(getattr(self._receive, "__self__", None), "receive_nowait", None)
+        if nowait is None:
+            raise trio.WouldBlock
+        try:
+            return self._message(nowait())
+        except (trio.EndOfChannel, trio.ClosedResourceError) as exc:
+            raise trio.WouldBlock from exc
+
+    def _message(self, message: MutableMapping[str, Any]) -> Message | None:
         if message["type"] == "websocket.receive":
             data = message.get("bytes")
             if data is not None:
