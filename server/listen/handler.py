@@ -173,6 +173,7 @@ async def _serve(ctx: ListenContext, deps: ListenDeps, ws: AsgiWebSocket) -> Non
     except LaneError as exc:
         raise _Refused(1013, "server busy; try again later") from exc
     params = _params(ctx, deps, query)
+    del headers, query  # this frame lives as long as the session: hold no request copies
     await ws.accept()
     session = _session(ctx, deps, ws, user_id, params)
     try:
