@@ -17,6 +17,7 @@ Errors have one shape (:func:`server.errors.error_body`) and name the field:
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeVar, get_args, get_origin
@@ -172,10 +173,55 @@ async def parse_body(adapter: TypeAdapter[Any], *, required: bool, min_fields: i
     try:
         value = adapter.validate_json(raw)
     except ValidationError as exc:
-        raise _body_error(exc.errors(include_input=False, include_url=False)[0]) from None
+        error = exc.errors(include_input=False, include_url=False)[0]
+        raise _surrogate_error(raw, error) or _body_error(error) from None
     if min_fields and isinstance(value, dict) and len(value) < min_fields:
         raise ApiError(422, "invalid_field", "no fields to update")
     return value
+
+
+def _surrogate_error(raw: bytes, error: ErrorDetails) -> ApiError | None:
+    """A 422 naming the field if the JSON only failed on an unpaired surrogate escape.
+
+    pydantic's parser stops at the escape; the standard parser (run on this error path only,
+    on a body already bounded by ``--http-max-body-bytes``) keeps it, so we can say where.
+    """
+    if error["type"] != "json_invalid" or "escape" not in error["msg"]:
+        return None
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    path = _surrogate_path(value)
+    if path is None:
+        return None
+    message = f"{path or 'body'}: contains an unpaired surrogate (\\ud800-\\udfff), not text"
+    return ApiError(422, "invalid_field", message)
+
+
+def _surrogate_path(value: object) -> str | None:
+    """The dotted path of the first string (key or value) with an unpaired surrogate."""
+    stack: list[tuple[str, object]] = [("", value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, str):
+            if _has_surrogate(item):
+                return path
+        elif isinstance(item, dict):
+            for key, child in reversed(item.items()):
+                child_path = f"{path}.{key}" if path else str(key)
+                if _has_surrogate(key):
+                    return child_path
+                stack.append((child_path, child))
+        elif isinstance(item, list):
+            stack.extend(
+                (f"{path}.{i}" if path else str(i), c) for i, c in reversed(list(enumerate(item)))
+            )
+    return None
+
+
+def _has_surrogate(text: str) -> bool:
+    return any("\ud800" <= ch <= "\udfff" for ch in text)
 
 
 def _body_error(error: ErrorDetails) -> ApiError:
