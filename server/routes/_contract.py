@@ -59,6 +59,7 @@ _BY_AUTH: Final[Mapping[Auth, frozenset[int]]] = {
     "admin": frozenset({401, 403}),
 }
 _EMPTY_BODY: Final = "the request body must be a JSON object"
+_NOT_AN_OBJECT: Final = frozenset({"dict_type", "model_type", "model_attributes_type"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +166,8 @@ async def parse_body(adapter: TypeAdapter[Any], *, required: bool, min_fields: i
     The raw bytes go straight to pydantic's JSON parser: malformed JSON, unpaired surrogates
     and nesting deeper than 200 levels fail there, never in a handler or the store.
     """
-    raw = await request.get_data(as_text=False)
+    data = await request.get_data(as_text=False)
+    raw = data.encode() if isinstance(data, str) else data
     if not raw.strip():
         if required:
             raise ApiError(400, "invalid_json", _EMPTY_BODY)
@@ -227,7 +229,7 @@ def _has_surrogate(text: str) -> bool:
 def _body_error(error: ErrorDetails) -> ApiError:
     if error["type"] == "json_invalid":
         return ApiError(400, "invalid_json", f"malformed JSON: {error['msg']}")
-    if not error["loc"]:
+    if not error["loc"] and error["type"] in _NOT_AN_OBJECT:
         return ApiError(400, "invalid_json", _EMPTY_BODY)
     return ApiError(422, "invalid_field", f"{_where(error)}: {error['msg']}")
 

@@ -15,21 +15,35 @@ either absent (left alone) or present with a valid value; ``null`` is not a valu
 
 from __future__ import annotations
 
+import math
+from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, with_config
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+    model_validator,
+    with_config,
+)
 from typing_extensions import TypedDict
 
 from server.store import CONVERSATION_STATUSES, VISIBILITIES
 
 __all__ = [
     "MAX_PAGE",
+    "ActionItemDelete",
+    "ActionItemEdit",
+    "ActionItemsPatch",
     "AppCreate",
     "AppList",
     "AppOut",
     "AppPatch",
+    "AssignBulk",
     "ConversationOut",
-    "ConversationPage",
     "ConversationPatch",
     "ConversationQuery",
     "Delivery",
@@ -38,16 +52,25 @@ __all__ = [
     "DeliveryQuery",
     "ErrorBody",
     "ErrorDetail",
+    "EventsPatch",
     "Health",
+    "Ignored",
     "Me",
     "NewToken",
     "NewUser",
+    "Processed",
     "Readiness",
     "Redelivery",
+    "SegmentTextEdit",
+    "StarredQuery",
     "Statistics",
+    "StatusOk",
+    "StatusOkConversation",
     "Ticket",
+    "TitleQuery",
     "TokenCreated",
     "TranscriptSegment",
+    "VisibilityQuery",
     "WebhookCreate",
     "WebhookList",
     "WebhookOut",
@@ -176,17 +199,87 @@ class Statistics(BaseModel):
 # -- conversations -----------------------------------------------------------------------------
 
 
-class ConversationQuery(BaseModel):
-    """Filters and keyset pagination of ``GET /v1/conversations``."""
+def _unix_or_iso(value: object) -> object:
+    """Unix seconds, or an ISO 8601 date-time (naive means UTC: what Omi's app sends)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        number = float(value)
+    except ValueError:
+        pass
+    else:
+        if not math.isfinite(number):
+            raise ValueError("must be finite")
+        return number
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError("must be an ISO 8601 date-time or Unix seconds") from None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+
+
+def _comma_list(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+#: A date in a query string: ISO 8601 (``2026-12-01T10:00:00Z``; naive = UTC) or Unix seconds.
+DateParam = Annotated[
+    float,
+    BeforeValidator(_unix_or_iso),
+    Field(ge=-62135596800, le=253402300799),
+    WithJsonSchema(
+        {"type": "string", "maxLength": 64, "description": "ISO 8601 date-time or Unix seconds"}
+    ),
+]
+#: Conversation statuses in a query string, comma-separated (``processing,completed``).
+StatusesParam = Annotated[
+    list[ConversationStatus],
+    BeforeValidator(_comma_list),
+    Field(max_length=4),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "maxLength": 64,
+            "description": "comma-separated: in_progress, processing, completed, failed",
+        }
+    ),
+]
+
+
+class _Query(BaseModel):
+    """A query string: unknown parameters are ignored, ``name=`` means absent."""
 
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
-    status: ConversationStatus | None = None
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_is_absent(cls, data: object) -> object:
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v != ""}
+        return data
+
+
+class ConversationQuery(_Query):
+    """Omi's list filters (``statuses``, ``include_discarded``, ``starred``, ``start_date``,
+    ``end_date`` inclusive, ``limit``/``offset``) plus keyset paging (``cursor``) and the
+    older ``status``, ``since``, ``until`` (exclusive)."""
+
+    statuses: StatusesParam | None = Field(default=None, description="default processing,completed")
+    status: StatusesParam | None = Field(default=None, description="older spelling of statuses")
+    include_discarded: bool = True
+    starred: bool | None = None
+    start_date: DateParam | None = None
+    end_date: DateParam | None = Field(default=None, description="inclusive")
     since: UnixSeconds | None = Field(default=None, description="created at or after (Unix s)")
     until: UnixSeconds | None = Field(default=None, description="created before (Unix s)")
-    limit: int = Field(default=20, ge=1, le=MAX_PAGE)
+    limit: int = Field(
+        default=MAX_PAGE, ge=1, le=1_000_000, description=f"pages hold at most {MAX_PAGE}"
+    )
+    offset: int = Field(default=0, ge=0, le=100_000)
     cursor: str | None = Field(
-        default=None, max_length=512, description="``next_cursor`` of the previous page"
+        default=None, max_length=512, description="``X-Next-Cursor`` of the previous page"
     )
 
 
@@ -251,16 +344,7 @@ class ConversationOut(BaseModel):
     visibility: Visibility
     discarded: bool
     failure_reason: str | None
-    transcript_segments: list[TranscriptSegment] | None = None
-
-
-class ConversationPage(BaseModel):
-    """One page, newest first; pass ``next_cursor`` back as ``cursor`` for the next."""
-
-    model_config = _OUT
-
-    conversations: list[ConversationOut]
-    next_cursor: str | None
+    transcript_segments: list[TranscriptSegment]
 
 
 # -- webhooks and apps -------------------------------------------------------------------------
@@ -406,3 +490,115 @@ class Redelivery(BaseModel):
     model_config = _OUT
 
     delivery: Delivery
+
+
+# -- Omi's conversation sub-routes -------------------------------------------------------------
+
+#: Omi's app sends fields these routes do not read (e.g. ``completed`` with a delete): ignored.
+_OMI_IN: Final = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
+Index = Annotated[int, Field(ge=0, le=100_000)]
+
+
+class Ignored(BaseModel):
+    """Any JSON object (its fields are not read); the body may be omitted."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class Processed(BaseModel):
+    """The processed conversation (``memory`` for the app, ``conversation`` for newer Omi);
+    ``null`` when it was empty and discarded."""
+
+    model_config = _OUT
+
+    memory: ConversationOut | None
+    conversation: ConversationOut | None
+    messages: list[Any]
+
+
+class StatusOk(BaseModel):
+    """Omi's acknowledgement."""
+
+    model_config = _OUT
+
+    status: Literal["Ok"]
+
+
+class StatusOkConversation(StatusOk):
+    """Omi's acknowledgement with the updated conversation."""
+
+    conversation: ConversationOut
+
+
+class TitleQuery(BaseModel):
+    """The new title (``title=`` is an empty one)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    title: str = Field(max_length=500)
+
+
+class StarredQuery(_Query):
+    """Star or unstar."""
+
+    starred: bool
+
+
+class VisibilityQuery(_Query):
+    """Who may see it."""
+
+    value: Visibility
+
+
+class EventsPatch(BaseModel):
+    """Mark calendar events created: ``values[i]`` for the event at ``events_idx[i]``."""
+
+    model_config = _OMI_IN
+
+    events_idx: list[Index] = Field(max_length=1000)
+    values: list[bool] = Field(max_length=1000)
+
+
+class ActionItemsPatch(BaseModel):
+    """Mark action items completed: ``values[i]`` for the item at ``items_idx[i]``."""
+
+    model_config = _OMI_IN
+
+    items_idx: list[Index] = Field(max_length=1000)
+    values: list[bool] = Field(max_length=1000)
+
+
+class ActionItemEdit(BaseModel):
+    """Reword the action item whose description is ``old_description``."""
+
+    model_config = _OMI_IN
+
+    old_description: str = Field(max_length=2000)
+    description: str = Field(max_length=2000)
+
+
+class ActionItemDelete(BaseModel):
+    """Remove the action items with this description."""
+
+    model_config = _OMI_IN
+
+    description: str = Field(max_length=2000)
+
+
+class SegmentTextEdit(BaseModel):
+    """Correct one segment's text."""
+
+    model_config = _OMI_IN
+
+    segment_id: str = Field(max_length=128)
+    text: str = Field(max_length=20_000)
+
+
+class AssignBulk(BaseModel):
+    """Who spoke the segments: the user (``is_user``) or a person (``person_id``)."""
+
+    model_config = _OMI_IN
+
+    segment_ids: list[Annotated[str, Field(max_length=128)]] = Field(max_length=10_000)
+    assign_type: Literal["is_user", "person_id"]
+    value: Annotated[str, Field(max_length=128)] | bool | None = None

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Final
+from urllib.parse import urlencode
 
-from quart import Blueprint, Response
+from quart import Blueprint, Response, request
 
 from server.app import ctx_of, json_response
 from server.clock import wall_now
 from server.errors import ApiError
 from server.routes._contract import operation
 from server.routes._models import (
+    MAX_PAGE,
     ConversationOut,
-    ConversationPage,
     ConversationPatch,
     ConversationQuery,
     Me,
@@ -25,32 +27,62 @@ __all__ = ["blueprint"]
 
 blueprint = Blueprint("api", __name__, url_prefix="/v1")
 
-_NO_STORE = {"Cache-Control": "no-store"}
+#: Omi's default when ``statuses`` is absent or empty (in-progress ones are the live session's).
+DEFAULT_STATUSES: Final = frozenset({"processing", "completed"})
+_NO_STORE: Final = {"Cache-Control": "no-store"}
+_PAGE_HEADERS: Final = {
+    "X-Next-Cursor": "the cursor of the next page (absent on the last page)",
+    "Link": '`<...&cursor=...>; rel="next"`: the next page (absent on the last page)',
+}
+
+
+def _next_link(cursor: str) -> str:
+    """``Link: <...>; rel="next"``: the same query with ``cursor`` and without ``offset``."""
+    args = [(k, v) for k, v in request.args.items(multi=True) if k not in ("cursor", "offset")]
+    return f'<{request.path}?{urlencode([*args, ("cursor", cursor)])}>; rel="next"'
 
 
 @blueprint.get("/conversations")
-@operation(auth="user", query=ConversationQuery, responses={200: ConversationPage})
+@operation(
+    auth="user",
+    query=ConversationQuery,
+    responses={200: list[ConversationOut]},
+    headers={200: _PAGE_HEADERS},
+)
 async def list_conversations(user: User, query: ConversationQuery) -> Response:
-    """The caller's conversations, newest first, with keyset pagination."""
+    """Omi's list: a bare JSON array, newest first, items with ``transcript_segments``.
+
+    Filters: ``statuses`` (default processing,completed), ``include_discarded`` (default
+    true), ``starred``, ``start_date``/``end_date`` (inclusive); paging by ``limit`` +
+    ``offset`` (Omi) or by keyset: the next page's cursor is in ``X-Next-Cursor`` and ``Link``.
+    """
+    statuses = frozenset(query.statuses or query.status or DEFAULT_STATUSES)
+    until = query.until
+    if query.end_date is not None:
+        until = math.nextafter(query.end_date, math.inf)
     try:
         page = await ctx_of().store.list_conversations(
             user.id,
-            status=query.status,
-            since=query.since,
-            until=query.until,
+            statuses=statuses,
+            since=query.start_date if query.start_date is not None else query.since,
+            until=until,
+            include_discarded=query.include_discarded,
+            starred=query.starred,
             cursor=query.cursor,
-            limit=query.limit,
+            offset=query.offset,
+            limit=min(query.limit, MAX_PAGE),
+            with_segments=True,
         )
     except ValidationError as exc:
         raise ApiError(400, "invalid_parameter", str(exc)) from exc
-    items = [conversation_json(c, with_segments=False) for c in page.items]
-    return json_response({"conversations": items, "next_cursor": page.next_cursor})
+    headers = {}
+    if page.next_cursor is not None:
+        headers = {"X-Next-Cursor": page.next_cursor, "Link": _next_link(page.next_cursor)}
+    return json_response([conversation_json(c) for c in page.items], headers=headers)
 
 
-async def _owned(user: User, conversation_id: str, *, with_segments: bool = True) -> Conversation:
-    conversation = await ctx_of().store.get_conversation(
-        user.id, conversation_id, with_segments=with_segments
-    )
+async def _owned(user: User, conversation_id: str) -> Conversation:
+    conversation = await ctx_of().store.get_conversation(user.id, conversation_id)
     if conversation is None:
         raise ApiError(404, "not_found", "no such conversation")
     return conversation
@@ -75,7 +107,10 @@ async def delete_conversation(user: User, conversation_id: str) -> Response:
 @blueprint.patch("/conversations/<conversation_id>")
 @operation(auth="user", body=ConversationPatch, responses={200: ConversationOut}, errors=[404])
 async def patch_conversation(user: User, conversation_id: str, body: dict[str, Any]) -> Response:
-    """Change the user-editable fields (title, overview, emoji, category, starred, ...)."""
+    """Change the user-editable fields (title, overview, emoji, category, starred, ...).
+
+    ``structured`` is edited through Omi's sub-routes (events, action-items) only.
+    """
     try:
         updated = await ctx_of().store.update_conversation(
             user.id, conversation_id, body, now=wall_now()
