@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import re
 from collections.abc import Iterable, Mapping
 from html import escape
 from typing import Any, Final
@@ -32,6 +33,7 @@ __all__ = ["API_DESCRIPTION", "blueprint", "openapi_document"]
 blueprint = Blueprint("docs", __name__)
 
 _CACHE_KEY: Final = "trioscribe_openapi"
+_PATH: Final = re.compile(r"<(?:[^:<>]*:)?([^<>]+)>")
 _REF: Final = "#/components/schemas/{model}"
 _SECURITY: Final[Mapping[str, list[dict[str, list[str]]]]] = {
     "user": [{"userToken": []}],
@@ -126,22 +128,26 @@ class _Provider(OpenAPIProvider):
                 yield rule
 
     def build_paths(self, rule: Rule) -> tuple[dict[str, Any], dict[str, Any]]:
-        paths, components = super().build_paths(rule)
+        built, components = super().build_paths(rule)
         declared = _declared(self._app, rule)
         assert declared is not None
-        for operations in paths.values():
-            for method, op in operations.items():
-                operations[method] = _complete(dict(op), declared)
-        return paths, components
+        # quart-schema's path pattern spans two converters (``<a>/x/<int:b>`` -> ``{b}``).
+        [operations] = built.values()
+        path = _PATH.sub(r"{\1}", rule.rule)
+        completed = {method: _complete(dict(op), declared) for method, op in operations.items()}
+        return {path: completed}, components
 
     def build_querystring_parameters(
         self, model: Any
     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        """As quart-schema's, without the ``null`` branch: a query string cannot carry null,
-        an optional parameter is simply left out."""
+        """As quart-schema's, with ``required`` set, and without the ``null`` branch: a query
+        string cannot carry null, an optional parameter is simply left out."""
         parameters, components = super().build_querystring_parameters(model)
+        required = set(model.model_json_schema().get("required", ()))
         for parameter in parameters:
             parameter["schema"] = _not_null(parameter["schema"])
+            if parameter["name"] in required:  # quart-schema looks for it on the property
+                parameter["required"] = True
         return parameters, components
 
     def operation_id(self, method: str, path: str, func: Any) -> str | None:

@@ -57,7 +57,7 @@ queries = st.dictionaries(st.sampled_from(PARAMS) | st.text(max_size=6), query_v
 path_ids = st.one_of(st.just(None), st.text(min_size=1, max_size=30))
 
 FUZZ = settings(
-    max_examples=12,
+    max_examples=8,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],

@@ -38,7 +38,7 @@ CHECKS = ",".join(
         "negative_data_rejection",
     ]
 )
-MAX_EXAMPLES = 8
+MAX_EXAMPLES = 5
 
 
 @pytest.mark.slow
