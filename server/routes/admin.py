@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from quart import Blueprint, Response
 
-from server.app import ctx_of, json_response
 from server.clock import wall_now
 from server.errors import ApiError
 from server.routes._contract import operation
 from server.routes._models import Me, NewToken, NewUser, TokenCreated
+from server.routes.deps import ctx_of, json_response
 from server.store import ConflictError
 
 __all__ = ["blueprint"]

@@ -8,7 +8,6 @@ from urllib.parse import urlencode
 
 from quart import Blueprint, Response, request
 
-from server.app import ctx_of, json_response
 from server.clock import wall_now
 from server.errors import ApiError
 from server.routes._contract import operation
@@ -20,6 +19,7 @@ from server.routes._models import (
     Me,
     Ticket,
 )
+from server.routes.deps import ctx_of, json_response
 from server.store import Conversation, User, ValidationError
 from server.views import conversation_json
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from quart import Blueprint, Response
 
-from server.app import ctx_of, json_response
 from server.routes._contract import operation
 from server.routes._models import Health, Readiness, Statistics
+from server.routes.deps import ctx_of, json_response
 
 __all__ = ["blueprint"]
 

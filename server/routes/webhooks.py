@@ -25,12 +25,11 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import trio
 from quart import Blueprint, Response
 
-from server.app import ctx_of, json_response
 from server.clock import wall_now
 from server.errors import ApiError
 from server.routes._contract import operation
@@ -47,11 +46,12 @@ from server.routes._models import (
     WebhookOut,
     WebhookPatch,
 )
-from server.store import User
-from server.store._tx import new_id
+from server.routes.deps import ctx_of, json_response
+from server.store import User, new_id
 from server.views import iso
 from server.webhooks.models import Delivery, Endpoint, OwnerKind
-from server.webhooks.repository import LimitReachedError, WebhookRepository
+from server.webhooks.repository import LimitReachedError
+from server.webhooks.service import WebhookApi
 from server.webhooks.signing import new_secret
 from server.webhooks.ssrf import (
     SsrfError,
@@ -63,7 +63,6 @@ from server.webhooks.ssrf import (
 __all__ = [
     "MAX_ENDPOINTS_PER_USER",
     "ROTATION_GRACE_S",
-    "WebhookApi",
     "blueprint",
     "delivery_json",
     "endpoint_json",
@@ -74,30 +73,11 @@ RESOLVE_TIMEOUT_S: Final = 5.0
 #: How long the previous secret keeps signing after a rotation.
 ROTATION_GRACE_S: Final = 24 * 3600.0
 
-SERVICE_KEY: Final = "webhooks"
-
 blueprint = Blueprint("webhooks", __name__, url_prefix="/v1")
 
 
-class WebhookApi(Protocol):
-    """What the routes need from the integrations layer (``ctx.services["webhooks"]``)."""
-
-    repo: WebhookRepository
-
-    async def refresh_user(self, user_id: str) -> None:
-        """Reload the user's endpoints into the realtime cache."""
-        ...
-
-    def wake_delivery(self) -> None:
-        """Wake the durable delivery workers."""
-        ...
-
-
 def _api() -> WebhookApi:
-    api: WebhookApi | None = ctx_of().services.get(SERVICE_KEY)
-    if api is None:
-        raise ApiError(503, "unavailable", "webhooks are not available on this server")
-    return api
+    return ctx_of().webhooks
 
 
 # -- JSON shapes -------------------------------------------------------------------------------
