@@ -113,7 +113,7 @@ def operation(
     if body is not None:
         statuses |= {400, 413, 422}
     adapter: TypeAdapter[Any] | None = TypeAdapter(body) if body is not None else None
-    min_fields = adapter.json_schema().get("minProperties", 0) if adapter is not None else 0
+    min_fields = _min_fields(body)
 
     def decorate(func: H) -> H:
         declared = Operation(
@@ -147,6 +147,13 @@ def operation(
         return view  # type: ignore[return-value]
 
     return decorate
+
+
+def _min_fields(body: Any) -> int:
+    """``minProperties`` of a partial-update model (read from its config, not its schema: the
+    schema is built only when ``/openapi.json`` is first asked for)."""
+    extra = getattr(body, "__pydantic_config__", {}).get("json_schema_extra")
+    return int(extra.get("minProperties", 0)) if isinstance(extra, dict) else 0
 
 
 def _document(view: Callable[..., object], declared: Operation) -> None:

@@ -97,7 +97,7 @@ Authorization: Bearer <token>      (or ?ticket=<from POST /v1/listen/tickets>)
 Query: `codec` (`pcm8` default, `pcm16`, `opus`, `opus_fs320`), `sample_rate` (8000 default,
 16000), `channels` (1), `language` (default `en`; `auto` = `multi`), `conversation_timeout`
 (seconds, clamped to 120..14400; `-1` = 4 h), `source` (Omi's sources; others become
-`unknown`), `stt_service` (must name the configured provider).
+`unknown`), `stt_service` (a preference only: the configured provider serves).
 
 Client to server: binary frames of audio in the codec (frames of at most 2 bytes are
 keepalives); text frames that are JSON objects with a `type` (accepted and ignored).
