@@ -32,6 +32,7 @@ from pydantic import (
 from typing_extensions import TypedDict
 
 from server.store import CONVERSATION_STATUSES, VISIBILITIES
+from server.webhooks.models import DELIVERY_MODES
 
 __all__ = [
     "MAX_PAGE",
@@ -90,6 +91,9 @@ ConversationStatus = Literal["in_progress", "processing", "completed", "failed"]
 Visibility = Literal["private", "shared", "public"]
 WebhookKind = Literal["memory_created", "realtime_transcript", "audio_bytes", "day_summary"]
 AppTrigger = Literal["memory_created", "realtime_transcript", "audio_bytes"]
+#: Durable kinds: ``once`` = one try, never retried (Omi apps' default: they do not
+#: deduplicate); ``at_least_once`` = retried on the schedule (developer webhooks' default).
+DeliveryMode = Literal["once", "at_least_once"]
 
 #: An ISO 8601 UTC timestamp as this API writes it (``2026-12-01T22:39:15.123456Z``).
 Timestamp = Annotated[str, Field(description="ISO 8601 UTC time")]
@@ -101,6 +105,7 @@ IntervalS = Annotated[float, Field(ge=1.0, le=60.0, description="seconds of audi
 
 assert set(ConversationStatus.__args__) == CONVERSATION_STATUSES  # type: ignore[attr-defined]
 assert set(Visibility.__args__) == VISIBILITIES  # type: ignore[attr-defined]
+assert set(DeliveryMode.__args__) == DELIVERY_MODES  # type: ignore[attr-defined]
 
 
 # -- errors ------------------------------------------------------------------------------------
@@ -359,6 +364,7 @@ class WebhookCreate(BaseModel):
     url: Url = Field(examples=["https://example.com/hooks/trioscribe"])
     interval_s: IntervalS = 5.0
     enabled: bool = True
+    delivery: DeliveryMode = "at_least_once"
 
 
 class AppCreate(BaseModel):
@@ -371,6 +377,7 @@ class AppCreate(BaseModel):
     triggers: list[AppTrigger] = Field(min_length=1, max_length=8)
     interval_s: IntervalS = 5.0
     enabled: bool = True
+    delivery: DeliveryMode = "once"
 
 
 @with_config(_PATCH)
@@ -380,6 +387,7 @@ class WebhookPatch(TypedDict, total=False):
     url: Url
     interval_s: IntervalS
     enabled: bool
+    delivery: DeliveryMode
 
 
 @with_config(_PATCH)
@@ -391,6 +399,7 @@ class AppPatch(TypedDict, total=False):
     triggers: Annotated[list[AppTrigger], Field(min_length=1, max_length=8)]
     interval_s: IntervalS
     enabled: bool
+    delivery: DeliveryMode
 
 
 class _EndpointOut(BaseModel):
@@ -400,6 +409,7 @@ class _EndpointOut(BaseModel):
     url: str
     interval_s: float
     enabled: bool
+    delivery: DeliveryMode
     disabled_reason: str | None
     created_at: Timestamp | None
     updated_at: Timestamp | None

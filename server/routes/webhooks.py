@@ -3,9 +3,12 @@
 Both surfaces share one implementation; they differ in what an endpoint subscribes to::
 
     /v1/webhooks   {"kind": one of memory_created | realtime_transcript | audio_bytes |
-                    day_summary, "url": ..., "interval_s": 5}
+                    day_summary, "url": ..., "interval_s": 5, "delivery": "at_least_once"}
     /v1/apps       {"name": ..., "url": ..., "triggers": [memory_created | realtime_transcript
-                    | audio_bytes, ...], "interval_s": 5}
+                    | audio_bytes, ...], "interval_s": 5, "delivery": "once"}
+
+``delivery`` (durable kinds): ``once`` = one try, never retried (Omi apps' default: they do not
+deduplicate); ``at_least_once`` = retried on the schedule (developer webhooks' default).
 
     POST   /v1/{webhooks,apps}                         201 {..., "secret": "whsec_..."} (once)
     GET    /v1/{webhooks,apps}                         list (no secrets)
@@ -95,6 +98,7 @@ def endpoint_json(endpoint: Endpoint) -> dict[str, object]:
         url=endpoint.url,
         interval_s=endpoint.interval_s,
         enabled=endpoint.enabled,
+        delivery=endpoint.delivery,
         disabled_reason=endpoint.disabled_reason,
         created_at=iso(endpoint.created_at),
         updated_at=iso(endpoint.updated_at),
@@ -173,6 +177,7 @@ async def _new_endpoint(
         disabled_reason=None,
         created_at=now,
         updated_at=now,
+        delivery=body.delivery,
     )
 
 
@@ -187,6 +192,8 @@ async def _patch_values(body: Mapping[str, Any]) -> dict[str, object]:
         values["interval_s"] = float(body["interval_s"])
     if "enabled" in body:
         values["enabled"] = int(body["enabled"])
+    if "delivery" in body:
+        values["delivery"] = body["delivery"]
     if "url" in body:
         values["url"] = await _checked_url(body["url"])
     else:
