@@ -54,7 +54,12 @@ def _run_server(argv: Sequence[str]) -> int:
             handle_box.append(handle)
         return handle.drain.forced
 
-    forced = trio.run(main)
+    from server.guard import disarm_watchdog
+
+    try:
+        forced = trio.run(main)
+    finally:
+        disarm_watchdog()
     return EXIT_FORCED if forced else EXIT_OK
 
 

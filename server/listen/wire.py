@@ -11,6 +11,8 @@ from typing import Any, Final, final
 
 import trio
 
+from server.guard import abort_connection
+
 __all__ = ["AsgiWebSocket", "ClientGone", "Message"]
 
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -72,6 +74,12 @@ class AsgiWebSocket:
         except OSError as exc:  # hypercorn reports a broken transport this way
             self.closed = True
             raise ClientGone(str(exc)) from exc
+
+    def abort(self) -> None:
+        """Reset the TCP connection now, without a close frame (a client that does not read
+        can be told nothing more); wakes a send blocked on it. Idempotent."""
+        self.closed = True
+        abort_connection(self.scope)
 
     async def close(self, code: int, reason: str = "") -> None:
         """Close with ``code`` (accepting first, so the client sees the code, not HTTP 403)."""
