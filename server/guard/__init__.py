@@ -9,6 +9,7 @@ from server.guard._guard import (
     ConnectionGuardStatistics as ConnectionGuardStatistics,
     GuardConfig as GuardConfig,
     abort_connection as abort_connection,
+    connection_closed as connection_closed,
     mark_authenticated as mark_authenticated,
     mark_websocket as mark_websocket,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "GuardedStream",
     "abort_connection",
     "arm_watchdog",
+    "connection_closed",
     "disarm_watchdog",
     "guard_asgi",
     "make_guard",

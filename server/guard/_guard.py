@@ -35,6 +35,7 @@ __all__ = [
     "ConnectionGuardStatistics",
     "GuardConfig",
     "abort_connection",
+    "connection_closed",
     "mark_authenticated",
     "mark_websocket",
 ]
@@ -80,6 +81,7 @@ class ConnectionGuardStatistics:
     accepted: int
     refused_per_ip: int
     unauthenticated_timeouts: int
+    ended_after_app: int
     write_timeouts: int
     aborted: int
     open_fds: int
@@ -88,7 +90,7 @@ class ConnectionGuardStatistics:
 
 @final
 class _Conn:
-    __slots__ = ("authenticated", "guard", "ip", "scope", "stream", "websocket")
+    __slots__ = ("authenticated", "ending", "guard", "ip", "scope", "stream", "websocket")
 
     def __init__(self, guard: ConnectionGuard, ip: str, stream: GuardedStream) -> None:
         self.guard = guard
@@ -97,6 +99,14 @@ class _Conn:
         self.scope = trio.CancelScope()
         self.authenticated = False
         self.websocket = False
+        self.ending = False
+
+    def end_within(self, seconds: float) -> None:
+        """The application is done with this connection: whatever hypercorn still does on it
+        (a close handshake; or feeding buffered frames to an app that no longer reads, which
+        would block forever) ends within ``seconds``."""
+        self.ending = True
+        self.scope.deadline = min(self.scope.deadline, trio.current_time() + seconds)
 
 
 def _peer(stream: trio.SocketStream) -> tuple[str, int]:
@@ -135,6 +145,7 @@ class ConnectionGuard:
         self._unauth_timeouts = 0
         self._write_timeouts = 0
         self._aborted = 0
+        self._ended_after_app = 0
 
     # -- admission and ownership ------------------------------------------------------------
 
@@ -163,7 +174,10 @@ class ConnectionGuard:
             with conn.scope:
                 await serve_connection(stream)
             if conn.scope.cancelled_caught:
-                self._unauth_timeouts += 1
+                if conn.ending:
+                    self._ended_after_app += 1
+                else:
+                    self._unauth_timeouts += 1
         finally:
             self._forget(key, conn)
             with trio.CancelScope(shield=True):  # bounded: linger_and_close has its deadline
@@ -211,7 +225,8 @@ class ConnectionGuard:
         if conn.authenticated:
             return
         conn.authenticated = True
-        conn.scope.deadline = math.inf
+        if not conn.ending:
+            conn.scope.deadline = math.inf
         self._release_unauth(conn.ip)
 
     # -- shutdown -----------------------------------------------------------------------------
@@ -246,6 +261,7 @@ class ConnectionGuard:
             accepted=self._accepted,
             refused_per_ip=self._refused,
             unauthenticated_timeouts=self._unauth_timeouts,
+            ended_after_app=self._ended_after_app,
             write_timeouts=self._write_timeouts,
             aborted=self._aborted,
             open_fds=_open_fds(),
@@ -270,6 +286,13 @@ def mark_websocket(scope: Mapping[str, object]) -> None:
     conn = _conn_of(scope)
     if conn is not None:
         conn.websocket = True
+
+
+def connection_closed(scope: Mapping[str, object]) -> bool:
+    """Whether the connection of ``scope`` was closed or aborted under the application (a
+    write deadline passed): hypercorn then drops the app's sends silently."""
+    conn = _conn_of(scope)
+    return conn is not None and conn.stream.closed
 
 
 def abort_connection(scope: Mapping[str, object]) -> bool:

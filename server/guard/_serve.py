@@ -42,6 +42,9 @@ AsgiApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 DRAIN_S: Final = 1.0
 #: The largest remainder an early answer waits for (beyond it: ``Connection: close``).
 DRAIN_MAX_BYTES: Final = 64 * 1024
+#: After the application is done with a connection that cannot be reused (a WebSocket, an
+#: answer with ``Connection: close``), hypercorn gets this long to finish with it.
+END_GRACE_S: Final = 1.0
 
 
 async def serve_guarded(
@@ -120,10 +123,18 @@ def guard_asgi(app: AsgiApp, guard: ConnectionGuard) -> AsgiApp:
         if conn is not None:
             scope[SCOPE_KEY] = conn
         if scope["type"] == "websocket":
-            await app(scope, receive, send)
+            try:
+                await app(scope, receive, send)
+            finally:
+                if conn is not None:
+                    conn.end_within(END_GRACE_S)
             return
         watch = _BodyWatch(scope, receive, send)
-        await app(scope, watch.receive, watch.send)
+        try:
+            await app(scope, watch.receive, watch.send)
+        finally:
+            if conn is not None and watch.closing:
+                conn.end_within(END_GRACE_S)
 
     return guarded
 
@@ -147,6 +158,8 @@ class _BodyWatch:
         self._expected = _content_length(scope)
         self._received = 0
         self._done = trio.Event()
+        #: The answer said ``Connection: close`` (the body had not fully arrived).
+        self.closing = False
 
     async def receive(self) -> Message:
         message = await self._receive()
@@ -166,6 +179,7 @@ class _BodyWatch:
                 with trio.move_on_after(DRAIN_S):
                     await self._done.wait()
             if not self._done.is_set():
+                self.closing = True
                 headers = [*message.get("headers", ()), (b"connection", b"close")]
                 message = {**message, "headers": headers}
         await self._send(message)

@@ -11,7 +11,7 @@ from typing import Any, Final, final
 
 import trio
 
-from server.guard import abort_connection
+from server.guard import abort_connection, connection_closed
 
 __all__ = ["AsgiWebSocket", "ClientGone", "Message"]
 
@@ -74,6 +74,9 @@ class AsgiWebSocket:
         except OSError as exc:  # hypercorn reports a broken transport this way
             self.closed = True
             raise ClientGone(str(exc)) from exc
+        if connection_closed(self.scope):  # aborted at a write deadline: hypercorn is silent
+            self.closed = True
+            raise ClientGone("connection aborted")
 
     def abort(self) -> None:
         """Reset the TCP connection now, without a close frame (a client that does not read
