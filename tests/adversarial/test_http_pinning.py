@@ -133,7 +133,9 @@ async def test_unauthenticated_keep_alive_ends_at_its_lifetime_and_authenticated
         while trio.current_time() < deadline:
             for i, (stream, extra) in enumerate(((anonymous, b""), (member, admin))):
                 try:
-                    await stream.send_all(b"GET /v1/stats HTTP/1.1\r\nHost: t\r\n" + extra + b"\r\n")
+                    await stream.send_all(
+                        b"GET /v1/stats HTTP/1.1\r\nHost: t\r\n" + extra + b"\r\n"
+                    )
                     await read_response(stream, buffers[i])
                     served[i] += 1
                 except (EOFError, trio.BrokenResourceError):
@@ -165,9 +167,9 @@ async def test_unauthenticated_connections_per_ip_are_capped_with_a_429(
             assert await eof_or_reset(extra)
         await held[0].aclose()
         with trio.fail_after(5):
-            while (await client.get("/v1/stats", headers=auth(stats_token))).json()[
-                "connections"
-            ]["unauthenticated"] >= 4:
+            while (await client.get("/v1/stats", headers=auth(stats_token))).json()["connections"][
+                "unauthenticated"
+            ] >= 4:
                 await trio.sleep(0.05)
         again = await connect(server.port)
         await again.send_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")

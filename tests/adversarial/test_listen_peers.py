@@ -188,5 +188,3 @@ async def test_session_slots_are_released_under_churn(
     stats = _stats(server, "sessions")
     assert stats.refused_server_cap + stats.refused_user_cap >= 1
     assert _stats(server, "connections").open <= 1  # only the canary's, if still closing
-
-
