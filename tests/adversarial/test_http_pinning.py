@@ -17,6 +17,7 @@ from server.serve import ServerHandle
 from server.settings import Settings
 from tests.adversarial._raw import connect, eof_or_reset, read_response
 from tests.conftest import ADMIN_TOKEN, auth, create_user_token, start_server
+from tests.helpers import wait_until_true
 
 pytestmark = pytest.mark.adversarial
 
@@ -31,6 +32,14 @@ async def _stats(server: ServerHandle) -> dict[str, Any]:
         response = await client.get("/v1/stats", headers=auth(ADMIN_TOKEN))
         connections: dict[str, Any] = response.json()["connections"]
         return connections
+
+
+async def _fewer_open_than(server: ServerHandle, count: int) -> bool:
+    return bool((await _stats(server))["open"] < count)
+
+
+async def _fewer_unauthenticated_than(server: ServerHandle, count: int) -> bool:
+    return bool((await _stats(server))["unauthenticated"] < count)
 
 
 async def _patch_then_health(port: int, token: str | None) -> tuple[int, int]:
@@ -95,8 +104,9 @@ async def test_two_hundred_half_sent_requests_pin_nothing(
         for stream in streams:
             assert await eof_or_reset(stream)
             await stream.aclose()
-        while (after := await _stats(server))["open"] > before["open"]:
-            await trio.sleep(0.05)  # the lingering closes end within linger_s
+        # The lingering closes end within linger_s.
+        await wait_until_true(lambda: _fewer_open_than(server, before["open"] + 1))
+        after = await _stats(server)
     assert after["open_fds"] <= before["open_fds"] + 2, (before, after)
     assert after["unauthenticated"] == 0
 
@@ -167,10 +177,7 @@ async def test_unauthenticated_connections_per_ip_are_capped_with_a_429(
             assert await eof_or_reset(extra)
         await held[0].aclose()
         with trio.fail_after(5):
-            while (await client.get("/v1/stats", headers=auth(stats_token))).json()["connections"][
-                "unauthenticated"
-            ] >= 4:
-                await trio.sleep(0.05)
+            await wait_until_true(lambda: _fewer_unauthenticated_than(server, 4))
         again = await connect(server.port)
         await again.send_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
         with trio.fail_after(5):

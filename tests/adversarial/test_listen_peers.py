@@ -18,6 +18,7 @@ from server.serve import ServerHandle
 from server.settings import Settings
 from tests.adversarial._raw import connect, eof_or_reset, ws_handshake
 from tests.conftest import create_user_token, start_server
+from tests.helpers import wait_until
 from tests.server.listen_client import FRAME_BYTES, Received, open_listen, pcm, read_until
 
 pytestmark = pytest.mark.adversarial
@@ -61,8 +62,10 @@ async def test_a_client_that_never_reads_is_aborted_by_the_idle_timeout(
     started = trio.current_time()
     with trio.fail_after(20):
         sent = await _send_until_stalled(stream, ws, limit=2000)
-        while _stats(server, "sessions").live or _stats(server, "connections").open:
-            await trio.sleep(0.05)
+        await wait_until(
+            lambda: not (_stats(server, "sessions").live or _stats(server, "connections").open),
+            poll_s=0.05,
+        )
     ended_s = trio.current_time() - started
     guard = _stats(server, "connections")
     assert sent >= 10, sent  # it really sent a lot before the server stopped reading
@@ -178,8 +181,7 @@ async def test_session_slots_are_released_under_churn(
             async with trio.open_nursery() as wave:
                 for i in range(5):
                     wave.start_soon(one, (round_ + i) % 2 == 0)
-        while _stats(server, "sessions").live:
-            await trio.sleep(0.05)
+        await wait_until(lambda: not _stats(server, "sessions").live, poll_s=0.05)
         async with open_listen(server, token=token) as ws:
             await ws.send_message(pcm(1.0))
             received = await read_until(ws, Received(), lambda r: bool(r.segments))

@@ -99,6 +99,8 @@ async def test_a_second_signal_ends_it_within_a_second_whatever_clients_do(
         TRIOSCRIBE_GRACEFUL_SHUTDOWN_S="30",
         TRIOSCRIBE_DRAIN_READINESS_S="20",
     )
-    print(f"second SIGTERM: exit {code} {elapsed - 0.5:.2f} s after it, watchdog: {'Timeout (' in log}")
+    print(
+        f"second SIGTERM: exit {code} {elapsed - 0.5:.2f} s after it, watchdog: {'Timeout (' in log}"
+    )
     assert code == 1, log  # forced
     assert elapsed <= 0.5 + 1.0, (elapsed, log)
