@@ -93,7 +93,7 @@ async def serve_guarded(
                     await shutdown_trigger()
                     accepting.cancel_scope.cancel()
             finally:
-                await context.terminated.set()
+                await context.terminated.set()  # noqa: ASYNC102 -- sets an Event, never blocks
                 server_nursery.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
         await lifespan.wait_for_shutdown()
         lifespan_nursery.cancel_scope.cancel()

@@ -168,18 +168,22 @@ class GuardedStream(trio.abc.HalfCloseableStream):
         if not self.aborted and sock.fileno() != -1:
             self._shutdown_write()
             with trio.move_on_at(until):
-                seen = 0
-                while seen < max_bytes:
-                    try:
-                        chunk = await self._inner.receive_some(64 * 1024)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        break
-                    if not chunk:
-                        break
-                    seen += len(chunk)
+                await self._discard(max_bytes)
         if sock.fileno() != -1:
             sock.close()
         await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def _discard(self, max_bytes: int) -> None:
+        await trio.lowlevel.checkpoint()
+        seen = 0
+        while seen < max_bytes:
+            try:
+                chunk = await self._inner.receive_some(64 * 1024)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                break
+            if not chunk:
+                break
+            seen += len(chunk)
 
     @property
     def fileno(self) -> int:

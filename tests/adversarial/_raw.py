@@ -44,6 +44,7 @@ async def connect(port: int, *, rcvbuf: int | None = None) -> trio.SocketStream:
 async def read_response(stream: trio.SocketStream, buffer: bytearray | None = None) -> Response:
     """Read one response (``Content-Length`` framed). Raises ``EOFError`` if the server
     closes first. Leftover bytes stay in ``buffer``."""
+    await trio.lowlevel.checkpoint()
     buf = buffer if buffer is not None else bytearray()
     while b"\r\n\r\n" not in buf:
         chunk = await stream.receive_some(65536)
@@ -69,12 +70,13 @@ async def read_response(stream: trio.SocketStream, buffer: bytearray | None = No
 
 async def eof_or_reset(stream: trio.SocketStream) -> bool:
     """Read until the server closes; True once it did (EOF or RST). Bound it with a deadline."""
-    while True:
-        try:
-            if not await stream.receive_some(65536):
-                return True
-        except trio.BrokenResourceError:
-            return True
+    await trio.lowlevel.checkpoint()
+    try:
+        while await stream.receive_some(65536):
+            pass
+    except trio.BrokenResourceError:
+        pass
+    return True
 
 
 async def ws_handshake(

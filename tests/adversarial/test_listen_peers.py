@@ -38,6 +38,7 @@ async def _token(server: ServerHandle, name: str = "alice") -> str:
 
 async def _send_until_stalled(stream: trio.SocketStream, ws: Any, limit: int) -> int:
     """Send one-second frames until a send stalls for 0.5 s (the server stopped reading)."""
+    await trio.lowlevel.checkpoint()
     sent = 0
     frame = ws.send(ws_events.BytesMessage(data=pcm(1.0)))
     while sent < limit:
@@ -86,12 +87,14 @@ async def test_a_client_that_never_reads_is_aborted_by_the_idle_timeout(
 async def _flood(port: int, token: str, closes: list[int], stop: trio.Event) -> None:
     """Reconnect and blast 3-byte frames as fast as the socket takes them until ``stop``;
     record each close code the server sends."""
+    await trio.lowlevel.checkpoint()
     while not stop.is_set():
         stream = await connect(port)
         ws = await ws_handshake(stream, port, LISTEN, token)
         burst = ws.send(ws_events.BytesMessage(data=b"abc")) * 200
 
         async def read_close(done: trio.CancelScope, ws: Any = ws, stream: Any = stream) -> None:
+            await trio.lowlevel.checkpoint()
             while data := await stream.receive_some(65536):
                 ws.receive_data(data)
                 for event in ws.events():

@@ -23,6 +23,7 @@ LISTEN = "/v4/listen?codec=pcm16&sample_rate=16000"
 
 async def _stalled_clients(port: int, token: str, count: int) -> list[trio.SocketStream]:
     """``count`` sessions that sent audio as fast as the server took it and never read."""
+    await trio.lowlevel.checkpoint()
     streams = []
     for _ in range(count):
         stream = await connect(port, rcvbuf=4096)

@@ -128,6 +128,7 @@ async def test_names_resolving_to_internal_addresses_are_refused(resolver: FakeR
         "half.test": [["93.184.216.34", "10.1.2.3"]],
     }
     resolver.table.update(internal)
+    await trio.lowlevel.checkpoint()
     for name in internal:
         with pytest.raises(ForbiddenAddressError):
             await resolve_and_check(name, 443, allow_loopback=False)
