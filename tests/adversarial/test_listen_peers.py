@@ -43,7 +43,10 @@ async def _send_until_stalled(stream: trio.SocketStream, ws: Any, limit: int) ->
     frame = ws.send(ws_events.BytesMessage(data=pcm(1.0)))
     while sent < limit:
         with trio.move_on_after(0.5) as stalled:
-            await stream.send_all(frame)
+            try:
+                await stream.send_all(frame)
+            except trio.BrokenResourceError:  # already reset by the server (a loaded host)
+                return sent
         if stalled.cancelled_caught:
             break
         sent += 1
