@@ -1,17 +1,17 @@
-"""Build the guard for one server run from its context (settings, drain, statistics)."""
+"""Build the guard for one server run from its settings and drain."""
 
 from __future__ import annotations
 
-from server.context import AppContext
+from server.drain import Drain
 from server.guard._guard import ConnectionGuard, GuardConfig
+from server.settings import Settings
 
 __all__ = ["make_guard"]
 
 
-def make_guard(ctx: AppContext) -> ConnectionGuard:
-    """A guard for ``ctx``'s run: its writes end at the drain deadline, a forced shutdown
-    aborts every connection, and ``GET /v1/stats`` shows it as ``connections``."""
-    settings = ctx.settings
+def make_guard(settings: Settings, drain: Drain) -> ConnectionGuard:
+    """A guard for one run: its writes end at the drain deadline and a forced shutdown aborts
+    every connection. The caller shows its ``statistics`` (``GET /v1/stats`` ``connections``)."""
     guard = ConnectionGuard(
         GuardConfig(
             # A write stalled for the session idle timeout counts as idle: never wait longer.
@@ -19,9 +19,7 @@ def make_guard(ctx: AppContext) -> ConnectionGuard:
             unauthenticated_timeout_s=settings.unauthenticated_timeout_s,
             max_unauthenticated_per_ip=settings.max_unauthenticated_per_ip,
         ),
-        drain_deadline=lambda: ctx.drain.deadline,
+        drain_deadline=lambda: drain.deadline,
     )
-    ctx.drain.subscribe(on_request=guard.on_drain, on_force=guard.abort_all)
-    ctx.stats["connections"] = guard.statistics
-    ctx.services["connections"] = guard
+    drain.subscribe(on_request=guard.on_drain, on_force=guard.abort_all)
     return guard

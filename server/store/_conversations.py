@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Mapping, Sequence
-from typing import Final, cast
+from typing import Final
 
 from server.store._paging import decode_cursor, encode_cursor
 from server.store._tx import new_id, read_transaction, write_transaction
@@ -13,12 +13,12 @@ from server.store.errors import NotFoundError
 from server.store.models import (
     CloseOutcome,
     Conversation,
-    ConversationStatus,
     ListQuery,
     Page,
     SegmentRow,
+    SummaryFields,
 )
-from server.store.repository import TransactionHook
+from server.store.protocol import CompletionHook
 
 __all__ = [
     "claim_for_processing",
@@ -63,7 +63,6 @@ def _segment(row: sqlite3.Row) -> SegmentRow:
 
 def _conversation(row: sqlite3.Row, segments: tuple[SegmentRow, ...] = ()) -> Conversation:
     values = {key: row[key] for key in row.keys() if key != "structured_json"}
-    values["status"] = cast(ConversationStatus, values["status"])
     values["starred"] = bool(values["starred"])
     values["discarded"] = bool(values["discarded"])
     return Conversation(**values, structured=json.loads(row["structured_json"]), segments=segments)
@@ -252,25 +251,33 @@ def complete_conversation(
     conn: sqlite3.Connection,
     conversation_id: str,
     structured_json: str,
-    summary: tuple[str, str, str, str],
+    summary: SummaryFields,
     now: float,
-    extra: TransactionHook | None,
-) -> bool:
+    extra: CompletionHook | None,
+) -> Conversation | None:
     """``processing`` -> ``completed`` with its summary; ``extra`` runs in the same transaction."""
-    title, overview, emoji, category = summary
     with write_transaction(conn):
         cursor = conn.execute(
             "UPDATE conversations SET status = 'completed', structured_json = ?, title = ?,"
             " overview = ?, emoji = ?, category = ?, failure_reason = NULL,"
             " next_attempt_at = NULL, updated_at = MAX(updated_at, ?)"
             " WHERE id = ? AND status = 'processing'",
-            (structured_json, title, overview, emoji, category, now, conversation_id),
+            (
+                structured_json,
+                summary.title,
+                summary.overview,
+                summary.emoji,
+                summary.category,
+                now,
+                conversation_id,
+            ),
         )
         if cursor.rowcount == 0:
-            return False
-        if extra is not None:
-            extra(conn)
-    return True
+            return None
+        completed = _load(conn, conversation_id, True)
+        if completed is not None and extra is not None:
+            extra(conn, completed)
+    return completed
 
 
 def fail_conversation(

@@ -20,6 +20,7 @@ __all__ = [
     "Page",
     "SegmentRow",
     "StoreStatistics",
+    "SummaryFields",
     "TokenInfo",
     "User",
 ]
@@ -123,6 +124,22 @@ class Conversation:
     processing_attempts: int = 0
     next_attempt_at: float | None = None
     segments: tuple[SegmentRow, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryFields:
+    """What completing a conversation writes: its summary's columns and structured JSON.
+
+    Attributes:
+        structured: the summary's structured result (a JSON object; ``ValidationError`` if not
+            serialisable).
+    """
+
+    title: str
+    overview: str
+    emoji: str
+    category: str
+    structured: Mapping[str, object]
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,10 +44,11 @@ from server.store.models import (
     Page,
     SegmentRow,
     StoreStatistics,
+    SummaryFields,
     TokenInfo,
     User,
 )
-from server.store.repository import TransactionHook
+from server.store.protocol import CompletionHook
 
 __all__ = ["DB_FILENAME", "DEFAULT_MAX_WAITING", "SqliteStore", "open_sqlite_store"]
 
@@ -67,7 +68,7 @@ ArgsT = TypeVarTuple("ArgsT")
 
 @final
 class SqliteStore:
-    """The :class:`~server.store.repository.Store` on SQLite; made by :func:`open_sqlite_store`."""
+    """The :class:`~server.store.protocol.Store` on SQLite; made by :func:`open_sqlite_store`."""
 
     def __init__(self, lane: ThreadLane, pool: ConnectionPool) -> None:
         self._lane = lane
@@ -203,26 +204,22 @@ class SqliteStore:
     async def complete_conversation(
         self,
         conversation_id: str,
-        structured: Mapping[str, object],
-        title: str,
-        overview: str,
-        emoji: str,
-        category: str,
+        summary: SummaryFields,
         now: float,
         *,
-        extra: TransactionHook | None = None,
-    ) -> bool:
+        extra: CompletionHook | None = None,
+    ) -> Conversation | None:
         """Mark a ``processing`` conversation ``completed`` with its summary.
 
-        ``extra(conn)`` runs inside the same transaction only when the transition happens (the
-        place to add outbox rows atomically); if it raises, nothing is committed.
+        ``extra(conn, completed)`` runs inside the same transaction only when the transition
+        happens (the place to add outbox rows atomically); if it raises, nothing is committed.
 
         Returns:
-            ``False`` if the conversation is gone or not ``processing`` (e.g. already completed
-            by a worker whose lease had expired); nothing is written then.
+            The completed conversation with its segments; ``None`` if it is gone or not
+            ``processing`` (e.g. already completed by a worker whose lease had expired);
+            nothing is written then.
         """
-        summary = (title, overview, emoji, category)
-        payload = structured_json(structured)
+        payload = structured_json(summary.structured)
         return await self._run(
             conv.complete_conversation, conversation_id, payload, summary, now, extra
         )
