@@ -196,3 +196,31 @@ async def test_session_slots_are_released_under_churn(
     stats = _stats(server, "sessions")
     assert stats.refused_server_cap + stats.refused_user_cap >= 1
     assert _stats(server, "connections").open <= 1  # only the canary's, if still closing
+
+
+@pytest.mark.slow
+async def test_a_half_open_session_ends_at_the_idle_timeout(
+    nursery: trio.Nursery, make_settings: Callable[..., Settings]
+) -> None:
+    """A peer that vanished without FIN or RST (here: sends nothing more, reads nothing) is
+    closed 1001 at the idle timeout and its connection released."""
+    server = await start_server(
+        nursery, make_settings(idle_timeout_s=0.6, heartbeat_interval_s=0.2)
+    )
+    token = await _token(server)
+    stream = await connect(server.port)
+    ws = await ws_handshake(stream, server.port, LISTEN, token)
+    await stream.send_all(ws.send(ws_events.BytesMessage(data=pcm(0.1))))
+    started = trio.current_time()
+    with trio.fail_after(10):
+        await wait_until(lambda: not _stats(server, "connections").open, poll_s=0.05)
+    assert trio.current_time() - started < 5.0
+    code = None
+    with trio.move_on_after(2):
+        while code is None and (data := await stream.receive_some(65536)):
+            ws.receive_data(data)
+            code = next(
+                (e.code for e in ws.events() if isinstance(e, ws_events.CloseConnection)), None
+            )
+    assert code == 1001
+    await stream.aclose()
