@@ -9,7 +9,7 @@ from typing import Final
 
 from server.store._paging import decode_cursor, encode_cursor
 from server.store._tx import new_id, read_transaction, write_transaction
-from server.store.errors import NotFoundError
+from server.store.errors import NotFoundError, StoreError, map_sqlite_error
 from server.store.models import (
     CloseOutcome,
     Conversation,
@@ -21,6 +21,7 @@ from server.store.models import (
 from server.store.protocol import CompletionHook
 
 __all__ = [
+    "SegmentWrite",
     "claim_for_processing",
     "close_conversation",
     "complete_conversation",
@@ -33,6 +34,7 @@ __all__ = [
     "list_conversations",
     "reschedule_processing",
     "save_segments",
+    "save_segments_batch",
     "update_conversation",
 ]
 
@@ -165,23 +167,56 @@ def save_segments(
     started_at: float | None,
 ) -> None:
     """Upsert/delete segments, extend ``finished_at``, set ``started_at`` once: one transaction."""
-    first = started_at if started_at is not None else _first_speech(upserts, finished_at)
     with write_transaction(conn):
-        if not conn.execute(
-            "SELECT 1 FROM conversations WHERE id = ?", (conversation_id,)
-        ).fetchone():
-            raise NotFoundError(f"no conversation {conversation_id!r}")
-        conn.executemany(_UPSERT_SEGMENT, [_segment_values(row) for row in upserts])
-        conn.executemany(
-            "DELETE FROM transcript_segments WHERE conversation_id = ? AND id = ?",
-            [(conversation_id, segment_id) for segment_id in removed_ids],
-        )
-        conn.execute(
-            "UPDATE conversations SET finished_at = MAX(COALESCE(finished_at, :f), :f),"
-            " started_at = COALESCE(started_at, :s), updated_at = MAX(updated_at, :f)"
-            " WHERE id = :id",
-            {"f": finished_at, "s": first, "id": conversation_id},
-        )
+        _save_segments_in(conn, conversation_id, upserts, removed_ids, finished_at, started_at)
+
+
+#: One :func:`save_segments` call's arguments (after the conversation id), for batches.
+SegmentWrite = tuple[str, Sequence[SegmentRow], Sequence[str], float, float | None]
+
+
+def save_segments_batch(
+    conn: sqlite3.Connection, writes: Sequence[SegmentWrite]
+) -> list[Exception | None]:
+    """Many :func:`save_segments` in one transaction, each in a savepoint: one failing write
+    (e.g. ``NotFoundError``) is rolled back alone; returns each write's error or ``None``."""
+    errors: list[Exception | None] = []
+    with write_transaction(conn):
+        for write in writes:
+            conn.execute("SAVEPOINT segment_write")
+            try:
+                _save_segments_in(conn, *write)
+            except (StoreError, sqlite3.Error) as exc:
+                conn.execute("ROLLBACK TO segment_write")
+                errors.append(map_sqlite_error(exc) if isinstance(exc, sqlite3.Error) else exc)
+            else:
+                errors.append(None)
+            conn.execute("RELEASE segment_write")
+    return errors
+
+
+def _save_segments_in(
+    conn: sqlite3.Connection,
+    conversation_id: str,
+    upserts: Sequence[SegmentRow],
+    removed_ids: Sequence[str],
+    finished_at: float,
+    started_at: float | None,
+) -> None:
+    first = started_at if started_at is not None else _first_speech(upserts, finished_at)
+    if not conn.execute("SELECT 1 FROM conversations WHERE id = ?", (conversation_id,)).fetchone():
+        raise NotFoundError(f"no conversation {conversation_id!r}")
+    conn.executemany(_UPSERT_SEGMENT, [_segment_values(row) for row in upserts])
+    conn.executemany(
+        "DELETE FROM transcript_segments WHERE conversation_id = ? AND id = ?",
+        [(conversation_id, segment_id) for segment_id in removed_ids],
+    )
+    conn.execute(
+        "UPDATE conversations SET finished_at = MAX(COALESCE(finished_at, :f), :f),"
+        " started_at = COALESCE(started_at, :s), updated_at = MAX(updated_at, :f)"
+        " WHERE id = :id",
+        {"f": finished_at, "s": first, "id": conversation_id},
+    )
 
 
 def close_conversation(conn: sqlite3.Connection, conversation_id: str, now: float) -> CloseOutcome:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Final, Literal
 
 from lanes import ThreadLaneStatistics
+from server.store._group import GroupCommitStatistics
 
 __all__ = [
     "CONVERSATION_STATUSES",
@@ -176,6 +177,7 @@ class StoreStatistics:
         failed: operations that raised a store error.
         connections_open: database connections open now.
         connections_created: connections opened since the start.
+        segment_writes: the group commit of segment writes (one lane call per batch).
     """
 
     lane: ThreadLaneStatistics
@@ -183,3 +185,4 @@ class StoreStatistics:
     failed: int
     connections_open: int
     connections_created: int
+    segment_writes: GroupCommitStatistics

@@ -27,6 +27,7 @@ import trio
 
 from lanes import LaneError, ThreadLane
 from server.store import _conversations as conv, _users as users
+from server.store._group import GroupCommit
 from server.store._pool import ConnectionPool
 from server.store._tx import write_transaction
 from server.store._validate import (
@@ -75,6 +76,7 @@ class SqliteStore:
         self._pool = pool
         self._calls = 0
         self._failed = 0
+        self._segment_writes = GroupCommit(self._save_segments_batch)
 
     async def _run(
         self, fn: Callable[[sqlite3.Connection, Unpack[ArgsT]], RetT], *args: *ArgsT
@@ -163,14 +165,20 @@ class SqliteStore:
             if row.conversation_id != conversation_id:
                 message = f"segment {row.id!r} belongs to conversation {row.conversation_id!r}"
                 raise ValidationError("upserts", message)
-        return await self._run(
-            conv.save_segments,
-            conversation_id,
-            tuple(upserts),
-            tuple(removed_ids),
-            finished_at,
-            started_at,
-        )
+        write = (conversation_id, tuple(upserts), tuple(removed_ids), finished_at, started_at)
+        self._calls += 1
+        try:
+            await self._segment_writes.submit(write)
+        except StoreError:
+            self._failed += 1
+            raise
+
+    async def _save_segments_batch(
+        self, writes: Sequence[conv.SegmentWrite]
+    ) -> list[Exception | None]:
+        """Every session's concurrent segment writes in one lane call and one transaction
+        (counted per write by :meth:`save_segments`, not here)."""
+        return await self._lane.run_sync(self._pool.run, conv.save_segments_batch, tuple(writes))
 
     async def close_conversation(self, conversation_id: str, now: float) -> CloseOutcome:
         """End an ``in_progress`` conversation atomically.
@@ -321,6 +329,7 @@ class SqliteStore:
             failed=self._failed,
             connections_open=self._pool.open_count,
             connections_created=self._pool.created,
+            segment_writes=self._segment_writes.statistics(),
         )
 
 
