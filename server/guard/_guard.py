@@ -82,6 +82,7 @@ class ConnectionGuardStatistics:
     refused_per_ip: int
     unauthenticated_timeouts: int
     ended_after_app: int
+    connection_errors: int
     write_timeouts: int
     aborted: int
     open_fds: int
@@ -146,6 +147,7 @@ class ConnectionGuard:
         self._write_timeouts = 0
         self._aborted = 0
         self._ended_after_app = 0
+        self._errors = 0
 
     # -- admission and ownership ------------------------------------------------------------
 
@@ -171,17 +173,32 @@ class ConnectionGuard:
         self._unauth[conn.ip] += 1
         conn.scope.deadline = trio.current_time() + self.config.unauthenticated_timeout_s
         try:
-            with conn.scope:
-                await serve_connection(stream)
-            if conn.scope.cancelled_caught:
-                if conn.ending:
-                    self._ended_after_app += 1
-                else:
-                    self._unauth_timeouts += 1
+            await self._serve(conn, stream, serve_connection)
         finally:
             self._forget(key, conn)
             with trio.CancelScope(shield=True):  # bounded: linger_and_close has its deadline
                 await stream.linger_and_close(self._linger_until(), self.config.linger_max_bytes)
+
+    async def _serve(
+        self,
+        conn: _Conn,
+        stream: GuardedStream,
+        serve_connection: Callable[[GuardedStream], Awaitable[None]],
+    ) -> None:
+        await trio.lowlevel.checkpoint()
+        try:
+            with conn.scope:
+                await serve_connection(stream)
+        except* Exception as group:
+            # One connection's failure never ends the server. hypercorn raises here when a
+            # connection is cancelled mid-response (it tries to send a 500 after the headers).
+            self._errors += 1
+            LOGGER.info("connection from %s ended with %r", conn.ip, group.exceptions[0])
+        if conn.scope.cancelled_caught:
+            if conn.ending:
+                self._ended_after_app += 1
+            else:
+                self._unauth_timeouts += 1
 
     async def _refuse(self, stream: GuardedStream) -> None:
         with trio.CancelScope(shield=True):  # bounded by the write deadline and the linger
@@ -262,6 +279,7 @@ class ConnectionGuard:
             refused_per_ip=self._refused,
             unauthenticated_timeouts=self._unauth_timeouts,
             ended_after_app=self._ended_after_app,
+            connection_errors=self._errors,
             write_timeouts=self._write_timeouts,
             aborted=self._aborted,
             open_fds=_open_fds(),

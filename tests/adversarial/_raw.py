@@ -35,9 +35,13 @@ class Response:
 async def connect(port: int, *, rcvbuf: int | None = None) -> trio.SocketStream:
     """A TCP stream to 127.0.0.1:``port``; ``rcvbuf`` shrinks the receive buffer first."""
     sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_STREAM)
-    if rcvbuf is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    await sock.connect(("127.0.0.1", port))
+    try:
+        if rcvbuf is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        await sock.connect(("127.0.0.1", port))
+    except BaseException:
+        sock.close()
+        raise
     return trio.SocketStream(sock)
 
 

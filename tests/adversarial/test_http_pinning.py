@@ -6,13 +6,16 @@ Each test runs a real server on port 0 and talks to it over raw sockets; the gua
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
+import h11
 import httpx
 import pytest
 import trio
 
+from server.guard import ConnectionGuard, GuardConfig, GuardedStream
 from server.serve import ServerHandle
 from server.settings import Settings
 from tests.adversarial._raw import connect, eof_or_reset, read_response
@@ -197,3 +200,22 @@ async def test_an_oversized_request_line_gets_a_status(
         assert response.status in (414, 431)
         assert await eof_or_reset(stream)
     await stream.aclose()
+
+
+async def test_a_connection_that_fails_is_contained() -> None:
+    """hypercorn raises ``LocalProtocolError`` when a connection is cancelled mid-response (it
+    tries to send a 500 after the headers); the guard counts it, closes the socket, and the
+    error never reaches the server's nursery."""
+    guard = ConnectionGuard(GuardConfig(1.0, 1.0, 4), drain_deadline=lambda: math.inf)
+    left, right = trio.socket.socketpair()
+
+    async def fails(stream: GuardedStream) -> None:
+        await trio.lowlevel.checkpoint()
+        raise h11.LocalProtocolError("can't handle event type Response in SEND_BODY")
+
+    with trio.fail_after(5):
+        await guard.handle(trio.SocketStream(left), fails)
+        assert await right.recv(1) == b""  # the guard closed its end
+    right.close()
+    stats = guard.statistics()
+    assert (stats.connection_errors, stats.open, stats.unauthenticated) == (1, 0, 0)

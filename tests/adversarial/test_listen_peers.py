@@ -93,7 +93,11 @@ async def _flood(port: int, token: str, closes: list[int], stop: trio.Event) -> 
     await trio.lowlevel.checkpoint()
     while not stop.is_set():
         stream = await connect(port)
-        ws = await ws_handshake(stream, port, LISTEN, token)
+        try:
+            ws = await ws_handshake(stream, port, LISTEN, token)
+        except (EOFError, ConnectionError, trio.BrokenResourceError):
+            await trio.aclose_forcefully(stream)
+            continue
         burst = ws.send(ws_events.BytesMessage(data=b"abc")) * 200
 
         async def read_close(done: trio.CancelScope, ws: Any = ws, stream: Any = stream) -> None:
