@@ -9,7 +9,7 @@ const POLL_MS = 2000;
 
 /** Items and the next page's URL from either list shape: Omi's bare array with the cursor in
  * Link / X-Next-Cursor headers, or {"conversations", "next_cursor"}. */
-function page(data, headers, query) {
+export function page(data, headers, query) {
   const items = Array.isArray(data) ? data : data?.conversations ?? [];
   const link = nextLink(headers.get("Link"));
   if (link) return { items, next: link };

@@ -227,3 +227,32 @@ def test_live_speech_to_processed_conversation_and_webhook_delivery(
     page.get_by_role("dialog").get_by_role("button", name="Delete").click()
     expect(page.locator("#conversations-empty")).to_be_visible()
     assert errors == []
+
+
+def test_list_paging_reads_link_x_next_cursor_and_the_object_shape(
+    context: BrowserContext, console_server: ServerProcess
+) -> None:
+    """The list's paging helper, imported by the page itself (CSP allows same-origin modules)."""
+    page, errors = _page(context)
+    page.goto(console_server.url + "/")
+    pages = page.evaluate(
+        """async () => {
+            const { page } = await import("/console/conversations.js");
+            const h = (pairs) => new Headers(pairs);
+            const q = "limit=20&statuses=completed&offset=40";
+            return [
+                page([{ id: "a" }], h({ Link: '</v1/conversations?limit=20&cursor=L>; rel="next"',
+                                       "X-Next-Cursor": "X" }), q),
+                page([{ id: "a" }], h({ "X-Next-Cursor": "X" }), q),
+                page({ conversations: [{ id: "b" }], next_cursor: "N" }, h({}), q),
+                page([], h({}), q),
+            ];
+        }"""
+    )
+    assert pages == [
+        {"items": [{"id": "a"}], "next": "/v1/conversations?limit=20&cursor=L"},
+        {"items": [{"id": "a"}], "next": "/v1/conversations?limit=20&statuses=completed&cursor=X"},
+        {"items": [{"id": "b"}], "next": "/v1/conversations?limit=20&statuses=completed&cursor=N"},
+        {"items": [], "next": None},
+    ]
+    assert errors == []
