@@ -70,6 +70,7 @@ def create_quart_app(ctx: AppContext) -> QuartTrio:
     """Build the quart-trio app for ``ctx`` (routes, error mapping, limits). No I/O."""
     app = QuartTrio("trioscribe")
     app.config["MAX_CONTENT_LENGTH"] = ctx.settings.http_max_body_bytes
+    app.config["BODY_TIMEOUT"] = ctx.settings.http_body_timeout_s  # a slow body gets 408
     app.config["JSON_SORT_KEYS"] = False
     app.extensions["trioscribe"] = ctx
     app.before_request(_drain_gate)
