@@ -16,19 +16,20 @@ LEAVES = frozenset({"auth", "clock", "drain", "errors", "settings", "wakeup"})
 #: For each unit (a ``server`` subpackage or top-level module): the other units it may import,
 #: besides the leaves. Lower layers first; nothing imports upwards.
 ALLOWED: Mapping[str, Set[str]] = {
+    "guard": set(),
     "store": set(),
     "stt": set(),
     "views": {"store"},
     "tokens_cli": {"store"},
     "webhooks": {"store"},
     "processing": {"store", "views", "webhooks"},
-    "listen": {"store", "stt", "views"},
+    "listen": {"guard", "store", "stt", "views"},
     "context": {"store", "listen", "webhooks"},
-    "routes": {"context", "store", "stt", "views", "listen", "webhooks", "processing"},
+    "routes": {"context", "guard", "store", "stt", "views", "listen", "webhooks", "processing"},
     "app": {"context", "listen", "routes"},
     "compose": {"context", "store", "stt", "views", "listen", "webhooks", "processing"},
-    "serve": {"app", "compose", "context", "stt"},
-    "__main__": {"serve", "tokens_cli"},
+    "serve": {"app", "compose", "context", "guard", "stt"},
+    "__main__": {"guard", "serve", "tokens_cli"},
 }
 
 
