@@ -29,6 +29,7 @@ from server.listen.registry import AdmissionError, SessionRegistry
 from server.listen.session import ListenSession, SessionConfig
 from server.listen.vad import VadGate
 from server.listen.wire import AsgiWebSocket, ClientGone
+from server.logs import log_context
 from server.store import StoreError
 from server.stt.base import SttCapacityError, SttError, SttProvider
 from server.views import conversation_json
@@ -162,7 +163,12 @@ async def _serve(ctx: AppContext, deps: ListenDeps, ws: AsgiWebSocket) -> None:
     except AdmissionError as exc:
         raise _Refused(1001 if ctx.drain.draining else 1013, exc.reason) from exc
     try:
-        await _run_admitted(ctx, deps, ws, session, params)
+        with log_context(
+            session_id=session.session_id,
+            user_id=user_id,
+            conversation_id=lambda: session.conversation_id,
+        ):
+            await _run_admitted(ctx, deps, ws, session, params)
     finally:
         deps.registry.release(session)
         deps.hooks.on_session_end(user_id, session.session_id)
