@@ -32,7 +32,7 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 AsgiApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: Paths that keep answering while the server drains (probes must see the truth).
-DRAIN_EXEMPT = frozenset({"/health", "/ready"})
+DRAIN_EXEMPT = frozenset({"/health", "/ready", "/metrics"})
 
 
 def json_response(
@@ -102,7 +102,7 @@ def _install_error_handlers(app: Quart) -> None:
 
 def create_quart_app(ctx: AppContext) -> QuartTrio:
     """Build the quart-trio app for ``ctx`` (routes, error mapping, limits). No I/O."""
-    from server.routes import admin, api, health
+    from server.routes import admin, api, health, metrics
 
     app = QuartTrio("trioscribe")
     app.config["MAX_CONTENT_LENGTH"] = ctx.settings.http_max_body_bytes
@@ -113,6 +113,7 @@ def create_quart_app(ctx: AppContext) -> QuartTrio:
     app.register_blueprint(health.blueprint)
     app.register_blueprint(api.blueprint)
     app.register_blueprint(admin.blueprint)
+    app.register_blueprint(metrics.blueprint)
     for blueprint in ctx.blueprints:
         app.register_blueprint(blueprint)
     return app

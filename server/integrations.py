@@ -141,6 +141,7 @@ async def open_integrations(
     if isinstance(transport, PinnedTransport):
         ctx.stats["webhook_ssrf"] = transport.statistics
     thread_lane = ThreadLane("summarise", 1, max_waiting=4 * settings.processing_workers)
+    ctx.stats["summarise"] = thread_lane.statistics
     async with AsyncExitStack() as stack:
         stack.push_async_callback(_close_lane, thread_lane)
         lane = await stack.enter_async_context(

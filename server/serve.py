@@ -42,6 +42,7 @@ from server.app import AsgiApp, create_app
 from server.auth import RateLimiter, TicketBook
 from server.context import AppContext
 from server.drain import Drain
+from server.metrics import ServerMetrics
 from server.settings import Settings
 from server.store import DB_FILENAME, open_sqlite_store
 from server.stt.base import SttProvider
@@ -138,6 +139,7 @@ async def open_core(settings: Settings) -> AsyncIterator[AppContext]:
         )
         ctx.stats["storage"] = lane.statistics
         ctx.stats["tickets"] = ctx.tickets.statistics
+        ctx.services["metrics"] = ServerMetrics(ctx.stats, store)
         yield ctx
 
 

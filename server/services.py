@@ -18,6 +18,7 @@ from server.integrations import Integrations, open_integrations
 from server.listen.handler import ListenDeps, make_listen_handler
 from server.listen.registry import SessionRegistry
 from server.listen.sweeper import Sweeper
+from server.metrics import ServerMetrics
 from server.settings import Settings
 from server.stt.base import SttProvider
 from server.wakeup import Wakeup
@@ -74,7 +75,9 @@ async def open_services(
         ctx.stats["stt"] = provider.statistics
         ctx.services["integrations"] = integrations
         ctx.blueprints.extend(b for b in integrations.blueprints if b not in ctx.blueprints)
-        deps = ListenDeps(registry, provider, integrations.hooks, processing.set)
+        metrics: ServerMetrics | None = ctx.services.get("metrics")
+        latency = metrics.latency_sinks() if metrics is not None else None
+        deps = ListenDeps(registry, provider, integrations.hooks, processing.set, latency)
         yield make_listen_handler(ctx, deps)
 
 

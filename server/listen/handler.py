@@ -26,7 +26,7 @@ from server.listen.conversation import ConversationTracker
 from server.listen.hooks import RealtimeHooks
 from server.listen.params import ListenParams, ParamError, parse_listen_params
 from server.listen.registry import AdmissionError, SessionRegistry
-from server.listen.session import ListenSession, SessionConfig
+from server.listen.session import LatencySinks, ListenSession, SessionConfig
 from server.listen.vad import VadGate
 from server.listen.wire import AsgiWebSocket, ClientGone
 from server.logs import log_context
@@ -47,6 +47,7 @@ class ListenDeps:
     provider: SttProvider
     hooks: RealtimeHooks
     wake_processing: Callable[[], None]
+    latency: LatencySinks | None = None
 
 
 class _Refused(Exception):
@@ -143,6 +144,7 @@ def _session(
         hooks=deps.hooks,
         drain_deadline=lambda: ctx.drain.deadline,
         provider_name=deps.provider.name,
+        latency=deps.latency,
     )
     return session
 

@@ -23,6 +23,7 @@ from server.testing import (
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 async def test_fixtures_run_a_real_server_and_the_clients_speak_to_it(
     trioscribe_server: TrioscribeServer, trioscribe_token: str
 ) -> None:
