@@ -39,7 +39,7 @@ async def test_fixtures_run_a_real_server_and_the_clients_speak_to_it(
             await session.close()
         async with trioscribe_server.api() as api:
             me = await api.me(trioscribe_token)
-            conversations = await api.conversations(trioscribe_token)
+            conversations = await api.conversations(trioscribe_token, statuses="in_progress")
             with pytest.raises(ApiError) as denied:
                 await api.me("ts_not-a-token")
     assert me["name"] == "trioscribe-user"
