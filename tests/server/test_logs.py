@@ -43,7 +43,7 @@ async def test_json_lines_carry_the_context_of_the_task_group() -> None:
         logger.info("from %s", name)
 
     with log_context(session_id="s1", user_id="u1", conversation_id=lambda: conversation[0]):
-        async with trio.open_nursery() as nursery:
+        async with trio.open_nursery() as nursery:  # noqa: ASYNC112 -- a child task on purpose
             nursery.start_soon(worker, "child")
         conversation[0] = "c2"
         with log_context(lane="storage"):
@@ -155,9 +155,10 @@ async def test_a_full_session_logs_json_lines_without_secrets(tmp_path: pathlib.
                     await by_ticket.wait_ready()
         finally:
             process.send_signal(signal.SIGTERM)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_drain, process, chunks)
-                await process.wait()
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + 30):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_drain, process, chunks)
+                    await process.wait()
     output = b"".join(chunks).decode()
     lines = [json.loads(line) for line in output.splitlines()]  # every line is one object
     assert all({"time", "level", "logger", "message"} <= set(line) for line in lines)
