@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from quart import Blueprint, Response
 
-from server.app import ctx_of
-from server.errors import ApiError
-from server.metrics import CONTENT_TYPE, ServerMetrics
+from server.metrics import CONTENT_TYPE
+from server.routes.deps import ctx_of
 
 __all__ = ["blueprint"]
 
@@ -21,7 +20,4 @@ blueprint = Blueprint("metrics", __name__)
 @blueprint.get("/metrics")
 async def metrics() -> Response:
     """Every metric family, read from the components' ``statistics()`` now."""
-    registry: ServerMetrics | None = ctx_of().services.get("metrics")
-    if registry is None:
-        raise ApiError(404, "not_found", "metrics are not enabled")
-    return Response(await registry.render(), status=200, content_type=CONTENT_TYPE)
+    return Response(await ctx_of().metrics.render(), status=200, content_type=CONTENT_TYPE)

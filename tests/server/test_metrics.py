@@ -107,9 +107,7 @@ async def test_two_servers_in_one_process_keep_their_own_registries(
         _, two = await _scrape(second)
     assert _value(one, "trioscribe_sessions_frames_total") == 10
     assert _value(two, "trioscribe_sessions_frames_total") == 0
-    assert first.handle.context.services["metrics"].registry is not (
-        second.handle.context.services["metrics"].registry
-    )
+    assert first.handle.context.metrics.registry is not second.handle.context.metrics.registry
 
 
 def test_target_hosts_are_capped_and_never_carry_paths() -> None:
