@@ -20,8 +20,8 @@ Names (stable: derived from the statistics' component keys and field names)::
     trioscribe_stt_final_latency_seconds        histogram: last audio frame -> STT final
     trioscribe_frame_to_segment_latency_seconds histogram: last audio frame -> segment sent
 
-Fields ending in ``_s`` become ``_seconds``; fields listed in :data:`COUNTER_FIELDS` are counters
-(``_total``), all other numbers are gauges. A new numeric field of any ``statistics()`` appears
+Fields ending in ``_s`` become ``_seconds``; fields listed in :data:`COUNTER_FIELDS` and every
+field of a ``totals`` mapping are counters (``_total``), all other numbers are gauges. A new numeric field of any ``statistics()`` appears
 by itself. Each server has its own :class:`prometheus_client.CollectorRegistry`, so several
 servers in one process (tests) never share or collide.
 """
@@ -172,12 +172,15 @@ class _Walker:
         for field, value in fields.items():
             self.value(prefix, field, value, labels)
 
-    def value(self, prefix: str, field: str, value: object, labels: Labels) -> None:
+    def value(
+        self, prefix: str, field: str, value: object, labels: Labels, *, total: bool = False
+    ) -> None:
         if isinstance(value, bool):
             self.families.add(f"{prefix}_{field}", float(value), labels, counter=False)
         elif isinstance(value, int | float):
             name = f"{prefix}_{_metric_field(field)}"
-            self.families.add(name, float(value), labels, counter=field in COUNTER_FIELDS)
+            counter = total or field in COUNTER_FIELDS
+            self.families.add(name, float(value), labels, counter=counter)
         elif field == "state" and isinstance(value, str | enum.Enum):
             self.state(f"{prefix}_state", value, labels)
         elif field == "targets" and isinstance(value, Mapping):
@@ -192,8 +195,8 @@ class _Walker:
                 self.record(f"{PREFIX}_breaker", value, nested, labels)
         elif field == "totals":
             nested = _fields(value)
-            for key, item in (nested or {}).items():
-                self.value(prefix, key, item, labels)
+            for key, item in (nested or {}).items():  # cumulative by definition
+                self.value(prefix, key, item, labels, total=True)
         else:
             nested = _fields(value)
             if nested is not None:
