@@ -36,7 +36,8 @@ async def open_listen(
     headers: list[tuple[bytes, bytes]] | None = None,
 ) -> AsyncIterator[WebSocketConnection]:
     """The raw connection of a :class:`ListenClient` (use ``server.testing.open_listen``)."""
-    async with _open_listen(server.url, query=query, token=token, headers=headers or ()) as client:
+    url = getattr(server, "url", None) or f"http://127.0.0.1:{server.port}"
+    async with _open_listen(url, query=query, token=token, headers=headers or ()) as client:
         _CLIENTS[id(client.ws)] = client
         try:
             yield client.ws
