@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from server.auth import RateLimiter, TicketBook
 from server.drain import Drain
 from server.listen.registry import SessionRegistry
+from server.metrics import ServerMetrics
 from server.settings import Settings
 from server.store import Store
 from server.wakeup import Wakeup
@@ -33,6 +34,7 @@ class AppContext:
         sessions: the live ``/v4/listen`` sessions (admission, draining, pushes to users).
         webhooks: endpoints' storage and the nudges the webhook/app API needs.
         processing_wakeup: set when a conversation reaches ``processing`` (wakes the workers).
+        metrics: the Prometheus registry of this run (``GET /metrics``), reading ``stats``.
         stats: named ``statistics()`` callables exposed on ``GET /v1/stats`` (filled while the
             run's components open; the serve tree adds its loop-lag monitor).
     """
@@ -45,4 +47,5 @@ class AppContext:
     sessions: SessionRegistry
     webhooks: WebhookApi
     processing_wakeup: Wakeup
+    metrics: ServerMetrics
     stats: dict[str, Callable[[], object]] = field(default_factory=dict)

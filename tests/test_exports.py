@@ -12,7 +12,7 @@ import lanes
 
 SERVER = pathlib.Path(__file__).resolve().parent.parent / "server"
 #: Top-level modules that import no other part of ``server`` except each other.
-LEAVES = frozenset({"auth", "clock", "drain", "errors", "settings", "wakeup"})
+LEAVES = frozenset({"auth", "clock", "drain", "errors", "logs", "settings", "wakeup"})
 #: For each unit (a ``server`` subpackage or top-level module): the other units it may import,
 #: besides the leaves. Lower layers first; nothing imports upwards.
 ALLOWED: Mapping[str, Set[str]] = {
@@ -24,12 +24,25 @@ ALLOWED: Mapping[str, Set[str]] = {
     "webhooks": {"store"},
     "processing": {"store", "views", "webhooks"},
     "listen": {"guard", "store", "stt", "views"},
-    "context": {"store", "listen", "webhooks"},
-    "routes": {"context", "guard", "store", "stt", "views", "listen", "webhooks", "processing"},
+    "metrics": {"store", "listen"},
+    "check": {"store"},
+    "context": {"store", "listen", "webhooks", "metrics"},
+    "routes": {
+        "context",
+        "guard",
+        "store",
+        "stt",
+        "views",
+        "listen",
+        "webhooks",
+        "processing",
+        "metrics",
+    },
     "app": {"context", "listen", "routes"},
-    "compose": {"context", "store", "stt", "views", "listen", "webhooks", "processing"},
+    "compose": {"context", "store", "stt", "views", "listen", "webhooks", "processing", "metrics"},
     "serve": {"app", "compose", "context", "guard", "stt"},
-    "__main__": {"guard", "serve", "tokens_cli"},
+    "__main__": {"guard", "serve", "tokens_cli", "check"},
+    "testing": {"serve"},
 }
 
 
