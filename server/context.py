@@ -17,6 +17,7 @@ from server.drain import Drain
 from server.settings import Settings
 
 if TYPE_CHECKING:
+    from server.jwt_auth import JwtVerifier
     from server.store import Store
 
 __all__ = ["AppContext"]
@@ -36,6 +37,7 @@ class AppContext:
             provider, webhook dispatcher, ...), looked up by handlers.
         stats: named ``statistics()`` callables exposed on ``GET /v1/stats``.
         blueprints: extra route blueprints registered by service layers (webhooks, apps).
+        jwt: the JWT verifier when ``--auth-jwks-url`` is set (else ``None``).
     """
 
     settings: Settings
@@ -46,3 +48,4 @@ class AppContext:
     services: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, Callable[[], object]] = field(default_factory=dict)
     blueprints: list[Blueprint] = field(default_factory=list)
+    jwt: JwtVerifier | None = None

@@ -42,6 +42,7 @@ from server.app import AsgiApp, create_app
 from server.auth import RateLimiter, TicketBook
 from server.context import AppContext
 from server.drain import Drain
+from server.jwt_auth import JwtSettings, JwtVerifier, open_jwt_verifier
 from server.settings import Settings
 from server.store import DB_FILENAME, open_sqlite_store
 from server.stt.base import SttProvider
@@ -128,17 +129,41 @@ async def open_core(settings: Settings) -> AsyncIterator[AppContext]:
         max_waiting=settings.storage_max_waiting,
         abandon_on_cancel=True,
     )
-    async with open_sqlite_store(settings.data_dir / DB_FILENAME, lane=lane) as store:
+    async with (
+        open_sqlite_store(settings.data_dir / DB_FILENAME, lane=lane) as store,
+        _open_jwt(settings) as verifier,
+    ):
         ctx = AppContext(
             settings=settings,
             drain=Drain(),
             store=store,
             tickets=TicketBook(settings.ticket_ttl_s),
             limiter=RateLimiter(settings.api_rate_per_s, settings.api_burst),
+            jwt=verifier,
         )
         ctx.stats["storage"] = lane.statistics
         ctx.stats["tickets"] = ctx.tickets.statistics
+        if verifier is not None:
+            ctx.stats["jwt"] = verifier.statistics
         yield ctx
+
+
+@asynccontextmanager
+async def _open_jwt(settings: Settings) -> AsyncIterator[JwtVerifier | None]:
+    """The JWT verifier if ``--auth-jwks-url`` is set (its first JWKS fetch done), else None."""
+    if not settings.auth_jwks_url:
+        await trio.lowlevel.checkpoint()
+        yield None
+        return
+    jwt_settings = JwtSettings(
+        jwks_url=settings.auth_jwks_url,
+        issuer=settings.auth_issuer or "",
+        audience=settings.auth_audience or "",
+        refresh_s=settings.auth_jwks_refresh_s,
+        min_refresh_s=settings.auth_jwks_min_refresh_s,
+    )
+    async with open_jwt_verifier(jwt_settings) as verifier:
+        yield verifier
 
 
 async def serve(  # noqa: ASYNC128 -- task_status reaches started() in _run_work

@@ -21,6 +21,7 @@ from server.app import AsgiApp, Receive, Scope, Send
 from server.auth import bearer_token
 from server.clock import wall_now
 from server.context import AppContext
+from server.identity import AuthFailed, authenticate_bearer
 from server.listen.codecs import SUPPORTED_CODECS, make_decoder
 from server.listen.conversation import ConversationTracker
 from server.listen.hooks import RealtimeHooks
@@ -73,9 +74,10 @@ async def _authenticate(
 ) -> str:
     token = bearer_token(headers)
     if token is not None:
-        user = await ctx.store.authenticate(token, wall_now())
-        if user is None:
-            raise _Refused(1008, "invalid or revoked token")
+        try:
+            user = await authenticate_bearer(ctx, token)
+        except AuthFailed as exc:
+            raise _Refused(1008, exc.reason[:100]) from None
         return user.id
     await trio.lowlevel.checkpoint()
     ticket = query.get("ticket")

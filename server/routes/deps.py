@@ -10,8 +10,8 @@ from quart import request
 
 from server.app import ctx_of
 from server.auth import bearer_token, is_admin_token
-from server.clock import wall_now
 from server.errors import ApiError
+from server.identity import AuthFailed, authenticate_bearer
 
 if TYPE_CHECKING:
     from server.store import User
@@ -36,9 +36,10 @@ async def current_user() -> User:
     if token is None:
         raise ApiError(401, "unauthorized", "missing bearer token", headers=_CHALLENGE)
     ctx = ctx_of()
-    user = await ctx.store.authenticate(token, wall_now())
-    if user is None:
-        raise ApiError(401, "unauthorized", "invalid or revoked token", headers=_CHALLENGE)
+    try:
+        user = await authenticate_bearer(ctx, token)
+    except AuthFailed as exc:
+        raise ApiError(401, "unauthorized", exc.reason, headers=_CHALLENGE) from None
     wait_s = ctx.limiter.try_acquire(user.id)
     if wait_s > 0:
         retry = str(max(1, math.ceil(wait_s)))
