@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import pytest
 import trio
 from jsonschema import Draft202012Validator, FormatChecker
 from referencing import Registry, Resource
@@ -108,6 +109,7 @@ async def _seed(server: ServerHandle, user: str, now: float, **fields: object) -
     return conversation.id
 
 
+@pytest.mark.slow
 async def test_app_lists_force_processes_and_reads(
     server: ServerHandle, client: httpx.AsyncClient
 ) -> None:
