@@ -62,6 +62,9 @@ class Settings:
     api_rate_per_s: float = _setting(20.0, "sustained API requests per second per user")
     api_burst: int = _setting(40, "API request burst per user before 429")
     ticket_ttl_s: float = _setting(60.0, "lifetime of a single-use WebSocket ticket")
+    web_auth_timeout_s: float = _setting(
+        5.0, "/v4/web/listen: time for the first message ({type: auth, token}) to arrive"
+    )
     auth_jwks_url: str | None = _setting(
         None, "JWKS URL: accept JWT bearer tokens signed by its keys (Firebase, any OIDC)"
     )
@@ -151,6 +154,7 @@ def _validate(s: Settings) -> None:
         ("webhook_workers", 1 <= s.webhook_workers <= 256, "must be between 1 and 256"),
         ("webhook_timeout_s", 0 < s.webhook_timeout_s <= 120, "must be in (0, 120]"),
         ("ticket_ttl_s", 0 < s.ticket_ttl_s <= 3600, "must be in (0, 3600]"),
+        ("web_auth_timeout_s", 0 < s.web_auth_timeout_s <= 60, "must be in (0, 60]"),
         (
             "auth_jwks_url",
             s.auth_jwks_url is None or s.auth_jwks_url.startswith(("https://", "http://")),

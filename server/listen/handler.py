@@ -9,6 +9,7 @@ with a reason rather than hypercorn's bare HTTP 403: 1008 for auth and invalid p
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import trio
 
 from lanes import LaneError
 from server.app import AsgiApp, Receive, Scope, Send
-from server.auth import bearer_token
+from server.auth import TICKET_PREFIX, bearer_token
 from server.clock import wall_now
 from server.context import AppContext
 from server.identity import AuthFailed, authenticate_bearer
@@ -39,9 +40,12 @@ from server.store import StoreError
 from server.stt.base import SttCapacityError, SttError, SttProvider
 from server.views import conversation_json
 
-__all__ = ["ListenDeps", "make_listen_handler"]
+__all__ = ["WEB_LISTEN_PATH", "ListenDeps", "make_listen_handler"]
 
 LOGGER = logging.getLogger(__name__)
+
+#: Omi's browser endpoint: no Authorization header, the first message authenticates.
+WEB_LISTEN_PATH = "/v4/web/listen"
 
 
 @dataclass(eq=False)
@@ -87,6 +91,56 @@ async def _authenticate(
             raise _Refused(1008, "invalid, expired or already used ticket")
         return user_id
     raise _Refused(1008, "missing Authorization: Bearer token (or ?ticket= for browsers)")
+
+
+async def _first_message_auth(ctx: AppContext, ws: AsgiWebSocket) -> str:
+    """``/v4/web/listen`` (Omi's browser endpoint): accept, then the first message must be
+    ``{"type": "auth", "token": ...}`` within ``web_auth_timeout_s``; it is answered with
+    ``{"type": "auth_response", "success": true|false}`` as Omi does. A malformed first message
+    or the timeout closes 1008 without an answer; a refused token answers ``success: false``
+    and closes 1008. The token is an API token, a JWT (if configured) or a ticket.
+    """
+    await ws.accept()
+    message: str | bytes | None = None
+    with trio.move_on_after(ctx.settings.web_auth_timeout_s) as deadline:
+        message = await ws.receive()
+    if deadline.cancelled_caught:
+        raise _Refused(1008, "auth timeout: send {type: auth, token} first")
+    if message is None:
+        raise ClientGone("left before authenticating")
+    token = _auth_token(message)
+    try:
+        user_id = await _user_of_token(ctx, token)
+    except AuthFailed as exc:
+        await ws.send_text(_AUTH_FAILED)
+        raise _Refused(1008, exc.reason[:100]) from None
+    await ws.send_text(_AUTH_OK)
+    return user_id
+
+
+_AUTH_OK = json.dumps({"type": "auth_response", "success": True}, separators=(",", ":"))
+_AUTH_FAILED = json.dumps({"type": "auth_response", "success": False}, separators=(",", ":"))
+
+
+def _auth_token(message: str | bytes) -> str:
+    try:
+        value = json.loads(message) if isinstance(message, str) else None
+    except ValueError:
+        value = None
+    token = value.get("token") if isinstance(value, dict) and value.get("type") == "auth" else None
+    if not isinstance(token, str) or not token:
+        raise _Refused(1008, 'the first message must be {"type": "auth", "token": "..."}')
+    return token
+
+
+async def _user_of_token(ctx: AppContext, token: str) -> str:
+    if token.startswith(TICKET_PREFIX):
+        await trio.lowlevel.checkpoint()
+        user_id = ctx.tickets.redeem(token)
+        if user_id is None:
+            raise AuthFailed("invalid, expired or already used ticket")
+        return user_id
+    return (await authenticate_bearer(ctx, token)).id
 
 
 def _params(ctx: AppContext, deps: ListenDeps, query: Mapping[str, str]) -> ListenParams:
@@ -157,11 +211,15 @@ async def _serve(ctx: AppContext, deps: ListenDeps, ws: AsgiWebSocket) -> None:
         raise _Refused(1001, "server shutting down")
     headers, query = _headers(ws.scope), _query(ws.scope)
     try:
-        user_id = await _authenticate(ctx, headers, query)
+        if ws.scope.get("path") == WEB_LISTEN_PATH:
+            user_id = await _first_message_auth(ctx, ws)
+        else:
+            user_id = await _authenticate(ctx, headers, query)
     except LaneError as exc:
         raise _Refused(1013, "server busy; try again later") from exc
     params = _params(ctx, deps, query)
-    await ws.accept()
+    if not ws.accepted:
+        await ws.accept()
     session = _session(ctx, deps, ws, user_id, params)
     try:
         deps.registry.admit(session)

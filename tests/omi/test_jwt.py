@@ -28,6 +28,7 @@ from server.serve import ServerHandle
 from server.settings import Settings, SettingsError
 from tests.conftest import auth, start_server
 from tests.fakes.receivers import Receivers, json_reply, open_receivers
+from tests.omi.test_web_listen import open_web
 from tests.server.listen_client import Received, open_listen, read_to_close, read_until
 
 PROJECT = "omi-test-project"
@@ -116,11 +117,15 @@ async def test_firebase_token_opens_me_and_listen_with_a_user_per_sub(
                 ready = await read_until(
                     ws, Received(), lambda r: "ready" in [e.get("status") for e in r.events]
                 )
+            async with open_web(server) as web:  # the browser endpoint takes it too
+                await web.send_message(json.dumps({"type": "auth", "token": token}))
+                web_reply = json.loads(await web.get_message())
             stats = (await client.get("/v1/stats", headers=auth("test-admin-token"))).json()
     assert first.status_code == 200, first.text
     assert first.json()["name"] == "jwt:uid-1" and again.json()["id"] == first.json()["id"]
     assert other.status_code == 200 and other.json()["id"] != first.json()["id"]
     assert ready.close_code is None
+    assert web_reply == {"type": "auth_response", "success": True}
     assert len(jwks.on("/jwks")) == 1  # fetched once at start, never per request
     assert stats["jwt"]["verified"] >= 4 and stats["jwt"]["keys"] == 1
 
