@@ -11,6 +11,8 @@ import logging
 from collections import OrderedDict
 from typing import Final
 
+import trio
+
 from server.clock import wall_now
 from server.context import AppContext
 from server.jwt_auth import JwtError, looks_like_jwt
@@ -62,6 +64,8 @@ async def _user_for_sub(ctx: AppContext, sub: str) -> User:
     user: User | None = cache.get(sub)
     if user is None:
         user = await _get_or_create(ctx.store, jwt_user_name(sub))
+    else:
+        await trio.lowlevel.checkpoint()
     cache[sub] = user
     cache.move_to_end(sub)
     while len(cache) > MAX_CACHED_SUBJECTS:
@@ -75,10 +79,12 @@ async def _get_or_create(store: Store, name: str) -> User:
         return user
     try:
         created = await store.create_user(name, wall_now())
-    except ConflictError:  # created concurrently by another request
+    except ConflictError:  # created concurrently by another request: read it below
+        created = None
+    if created is None:
         again = await store.get_user_by_name(name)
         if again is None:
-            raise
+            raise AuthFailed("could not create the user of this token")
         return again
     LOGGER.info("created user %s for a new JWT subject", created.id)
     return created

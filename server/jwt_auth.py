@@ -120,6 +120,7 @@ class JwtVerifier:
             await self._fetch()
 
     async def _fetch(self) -> None:
+        await trio.lowlevel.checkpoint()
         self._last_fetch = trio.current_time()
         self._fetches += 1
         try:

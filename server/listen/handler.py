@@ -110,11 +110,13 @@ async def _first_message_auth(ctx: AppContext, ws: AsgiWebSocket) -> str:
         raise ClientGone("left before authenticating")
     token = _auth_token(message)
     try:
-        user_id = await _user_of_token(ctx, token)
+        user_id: str | None = await _user_of_token(ctx, token)
+        refusal = ""
     except AuthFailed as exc:
-        await ws.send_text(_AUTH_FAILED)
-        raise _Refused(1008, exc.reason[:100]) from None
-    await ws.send_text(_AUTH_OK)
+        user_id, refusal = None, exc.reason
+    await ws.send_text(_AUTH_OK if user_id is not None else _AUTH_FAILED)
+    if user_id is None:
+        raise _Refused(1008, refusal[:100])
     return user_id
 
 

@@ -96,6 +96,7 @@ async def test_malformed_first_messages_close_1008_without_an_answer(
     ]
     closes = []
     with trio.fail_after(20):
+        await trio.lowlevel.checkpoint()
         for message in bad:
             async with open_web(server) as ws:
                 await ws.send_message(message)
