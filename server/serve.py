@@ -3,8 +3,9 @@
 Ownership, outermost first (each line owns everything below it)::
 
     serve()
-    └── open_services()            store (SQLite via the storage ThreadLane), STT provider,
-        │                          HTTP lanes — closed last, after every user of them ended
+    └── open_components()          store (SQLite via the storage ThreadLane), STT provider,
+        │                          lanes, realtime nursery — closed last, after every user
+        │                          of them ended (see :mod:`server.compose`)
         └── daemons nursery        signal watcher (1st SIGTERM/SIGINT: drain; 2nd: cancel all
             │                      now), loop-lag monitor; cancelled when the work is done
             └── work nursery       deadline = the drain deadline once shutdown begins
@@ -26,8 +27,6 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Final, cast
@@ -37,14 +36,12 @@ import hypercorn.typing
 import trio
 from hypercorn.config import Config
 
-from lanes import LoopLagMonitor, ThreadLane
-from server.app import AsgiApp, create_app
-from server.auth import RateLimiter, TicketBook
+from lanes import LoopLagMonitor
+from server.app import create_app
+from server.compose import Components, open_components
 from server.context import AppContext
 from server.drain import Drain
-from server.jwt_auth import JwtSettings, JwtVerifier, open_jwt_verifier
 from server.settings import Settings
-from server.store import DB_FILENAME, open_sqlite_store
 from server.stt.base import SttProvider
 
 __all__ = ["ServerHandle", "serve"]
@@ -59,12 +56,18 @@ CLOSE_BUDGET_S: Final = 0.5
 
 @dataclass(frozen=True, slots=True)
 class ServerHandle:
-    """What ``nursery.start(serve, settings)`` returns: the bound address and a stop button."""
+    """What ``nursery.start(serve, settings)`` returns: the bound address, a stop button, and
+    the run's components (tests reach the registry, sweeper or store through them)."""
 
     host: str
     port: int
     drain: Drain
-    context: AppContext
+    components: Components
+
+    @property
+    def context(self) -> AppContext:
+        """The run's shared context (settings, store, stats, ...)."""
+        return self.components.context
 
     @property
     def url(self) -> str:
@@ -113,57 +116,9 @@ async def _shutdown_sequence(ctx: AppContext, stop_http: trio.Event) -> None:
     await ctx.drain.requested.wait()
     announce_until = trio.current_time() + ctx.settings.drain_readiness_s
     with trio.move_on_at(ctx.drain.deadline - HYPERCORN_GRACE_S - CLOSE_BUDGET_S):
-        sessions = ctx.services.get("sessions")
-        if sessions is not None:
-            await sessions.drain_all()
+        await ctx.sessions.drain_all()
         await trio.sleep_until(announce_until)
     stop_http.set()
-
-
-@asynccontextmanager
-async def open_core(settings: Settings) -> AsyncIterator[AppContext]:
-    """Open the store and the shared in-memory services; close them on every exit path."""
-    lane = ThreadLane(
-        "storage",
-        settings.storage_threads,
-        max_waiting=settings.storage_max_waiting,
-        abandon_on_cancel=True,
-    )
-    async with (
-        open_sqlite_store(settings.data_dir / DB_FILENAME, lane=lane) as store,
-        _open_jwt(settings) as verifier,
-    ):
-        ctx = AppContext(
-            settings=settings,
-            drain=Drain(),
-            store=store,
-            tickets=TicketBook(settings.ticket_ttl_s),
-            limiter=RateLimiter(settings.api_rate_per_s, settings.api_burst),
-            jwt=verifier,
-        )
-        ctx.stats["storage"] = lane.statistics
-        ctx.stats["tickets"] = ctx.tickets.statistics
-        if verifier is not None:
-            ctx.stats["jwt"] = verifier.statistics
-        yield ctx
-
-
-@asynccontextmanager
-async def _open_jwt(settings: Settings) -> AsyncIterator[JwtVerifier | None]:
-    """The JWT verifier if ``--auth-jwks-url`` is set (its first JWKS fetch done), else None."""
-    if not settings.auth_jwks_url:
-        await trio.lowlevel.checkpoint()
-        yield None
-        return
-    jwt_settings = JwtSettings(
-        jwks_url=settings.auth_jwks_url,
-        issuer=settings.auth_issuer or "",
-        audience=settings.auth_audience or "",
-        refresh_s=settings.auth_jwks_refresh_s,
-        min_refresh_s=settings.auth_jwks_min_refresh_s,
-    )
-    async with open_jwt_verifier(jwt_settings) as verifier:
-        yield verifier
 
 
 async def serve(  # noqa: ASYNC128 -- task_status reaches started() in _run_work
@@ -185,22 +140,17 @@ async def serve(  # noqa: ASYNC128 -- task_status reaches started() in _run_work
     Cancellation: cancelling the caller's scope is a hard stop (like a second signal); cleanup
     still runs, shielded and bounded.
     """
-    from server.services import open_services
-
-    async with (
-        open_core(settings) as ctx,
-        open_services(ctx, stt_provider=stt_provider) as listen_handler,
-    ):
-        await _run_root(ctx, listen_handler, handle_signals, task_status)
+    async with open_components(settings, stt_provider=stt_provider) as components:
+        await _run_root(components, handle_signals, task_status)
     LOGGER.info("stopped")
 
 
 async def _run_root(  # noqa: ASYNC128 -- task_status reaches started() in _run_work
-    ctx: AppContext,
-    listen_handler: AsgiApp,
+    components: Components,
     handle_signals: bool,
     task_status: trio.TaskStatus[ServerHandle],
 ) -> None:
+    ctx = components.context
     settings = ctx.settings
     async with trio.open_nursery() as daemons:  # live for the whole run, cancelled at its end
         if handle_signals:
@@ -209,24 +159,22 @@ async def _run_root(  # noqa: ASYNC128 -- task_status reaches started() in _run_
         ctx.stats["loop_lag"] = lag.statistics
         await daemons.start(lag.run)
         with trio.CancelScope() as work_scope:
-            await _run_work(ctx, listen_handler, work_scope, task_status)
+            await _run_work(components, work_scope, task_status)
         daemons.cancel_scope.cancel()
 
 
 async def _run_work(
-    ctx: AppContext,
-    listen_handler: AsgiApp,
+    components: Components,
     work_scope: trio.CancelScope,
     task_status: trio.TaskStatus[ServerHandle],
 ) -> None:
     """Workers and hypercorn: they end by themselves once drained, or at the deadline."""
-    from server.services import start_workers
-
+    ctx = components.context
     async with trio.open_nursery() as work:
-        await start_workers(ctx, work)
+        await components.start_workers(work)
         stop_http = trio.Event()
         work.start_soon(_shutdown_sequence, ctx, stop_http)
-        app = create_app(ctx, listen_handler)
+        app = create_app(ctx, components.listen_handler)
         config = _hypercorn_config(ctx.settings)
         # hypercorn types the app with its TypedDict scopes; ours takes the same dicts.
         asgi = cast(hypercorn.typing.Framework, app)
@@ -235,6 +183,6 @@ async def _run_work(
         )
         port = int(binds[0].rsplit(":", 1)[1])
         LOGGER.info("listening on %s", binds[0])
-        task_status.started(ServerHandle(ctx.settings.host, port, ctx.drain, ctx))
+        task_status.started(ServerHandle(ctx.settings.host, port, ctx.drain, components))
         await ctx.drain.requested.wait()
         work_scope.deadline = ctx.drain.deadline

@@ -13,16 +13,16 @@ import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import parse_qsl
 
 import trio
 
 from lanes import LaneError
-from server.app import AsgiApp, Receive, Scope, Send
-from server.auth import TICKET_PREFIX, bearer_token
+from server.auth import TICKET_PREFIX, TicketBook, bearer_token
 from server.clock import wall_now
-from server.context import AppContext
-from server.identity import AuthFailed, authenticate_bearer
+from server.drain import Drain
+from server.identity import AuthFailed, JwtAuth, authenticate_bearer
 from server.listen.codecs import SUPPORTED_CODECS, make_decoder
 from server.listen.conversation import ConversationTracker
 from server.listen.hooks import RealtimeHooks
@@ -35,17 +35,33 @@ from server.listen.params import (
 from server.listen.registry import AdmissionError, SessionRegistry
 from server.listen.session import ListenSession, SessionConfig
 from server.listen.vad import VadGate
-from server.listen.wire import AsgiWebSocket, ClientGone
-from server.store import StoreError
+from server.listen.wire import AsgiApp, AsgiWebSocket, ClientGone, Receive, Scope, Send
+from server.settings import Settings
+from server.store import Store, StoreError
 from server.stt.base import SttCapacityError, SttError, SttProvider
 from server.views import conversation_json
 
-__all__ = ["WEB_LISTEN_PATH", "ListenDeps", "make_listen_handler"]
+__all__ = ["WEB_LISTEN_PATH", "ListenContext", "ListenDeps", "make_listen_handler"]
 
 LOGGER = logging.getLogger(__name__)
 
 #: Omi's browser endpoint: no Authorization header, the first message authenticates.
 WEB_LISTEN_PATH = "/v4/web/listen"
+
+
+class ListenContext(Protocol):
+    """The run-wide resources a session uses (``server.context.AppContext`` has them)."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def drain(self) -> Drain: ...
+    @property
+    def store(self) -> Store: ...
+    @property
+    def tickets(self) -> TicketBook: ...
+    @property
+    def jwt(self) -> JwtAuth | None: ...
 
 
 @dataclass(eq=False)
@@ -74,7 +90,7 @@ def _query(scope: Scope) -> dict[str, str]:
 
 
 async def _authenticate(
-    ctx: AppContext, headers: Mapping[str, str], query: Mapping[str, str]
+    ctx: ListenContext, headers: Mapping[str, str], query: Mapping[str, str]
 ) -> str:
     token = bearer_token(headers)
     if token is not None:
@@ -93,7 +109,7 @@ async def _authenticate(
     raise _Refused(1008, "missing Authorization: Bearer token (or ?ticket= for browsers)")
 
 
-async def _first_message_auth(ctx: AppContext, ws: AsgiWebSocket) -> str:
+async def _first_message_auth(ctx: ListenContext, ws: AsgiWebSocket) -> str:
     """``/v4/web/listen`` (Omi's browser endpoint): accept, then the first message must be
     ``{"type": "auth", "token": ...}`` within ``web_auth_timeout_s``; it is answered with
     ``{"type": "auth_response", "success": true|false}`` as Omi does. A malformed first message
@@ -135,7 +151,7 @@ def _auth_token(message: str | bytes) -> str:
     return token
 
 
-async def _user_of_token(ctx: AppContext, token: str) -> str:
+async def _user_of_token(ctx: ListenContext, token: str) -> str:
     if token.startswith(TICKET_PREFIX):
         await trio.lowlevel.checkpoint()
         user_id = ctx.tickets.redeem(token)
@@ -145,7 +161,7 @@ async def _user_of_token(ctx: AppContext, token: str) -> str:
     return (await authenticate_bearer(ctx, token)).id
 
 
-def _params(ctx: AppContext, deps: ListenDeps, query: Mapping[str, str]) -> ListenParams:
+def _params(ctx: ListenContext, deps: ListenDeps, query: Mapping[str, str]) -> ListenParams:
     try:
         params = parse_listen_params(
             query, default_timeout_s=ctx.settings.conversation_timeout_s, codecs=SUPPORTED_CODECS
@@ -156,7 +172,7 @@ def _params(ctx: AppContext, deps: ListenDeps, query: Mapping[str, str]) -> List
     return params
 
 
-def make_listen_handler(ctx: AppContext, deps: ListenDeps) -> AsgiApp:
+def make_listen_handler(ctx: ListenContext, deps: ListenDeps) -> AsgiApp:
     """Build the ASGI handler for ``/v4/listen`` WebSocket upgrades."""
 
     async def handler(scope: Scope, receive: Receive, send: Send) -> None:
@@ -177,7 +193,7 @@ def make_listen_handler(ctx: AppContext, deps: ListenDeps) -> AsgiApp:
 
 
 def _session(
-    ctx: AppContext, deps: ListenDeps, ws: AsgiWebSocket, user_id: str, params: ListenParams
+    ctx: ListenContext, deps: ListenDeps, ws: AsgiWebSocket, user_id: str, params: ListenParams
 ) -> ListenSession:
     settings = ctx.settings
     session: ListenSession
@@ -208,7 +224,7 @@ def _session(
     return session
 
 
-async def _serve(ctx: AppContext, deps: ListenDeps, ws: AsgiWebSocket) -> None:
+async def _serve(ctx: ListenContext, deps: ListenDeps, ws: AsgiWebSocket) -> None:
     if ctx.drain.draining:
         raise _Refused(1001, "server shutting down")
     headers, query = _headers(ws.scope), _query(ws.scope)
@@ -235,7 +251,7 @@ async def _serve(ctx: AppContext, deps: ListenDeps, ws: AsgiWebSocket) -> None:
 
 
 async def _run_admitted(
-    ctx: AppContext,
+    ctx: ListenContext,
     deps: ListenDeps,
     ws: AsgiWebSocket,
     session: ListenSession,
