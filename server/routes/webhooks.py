@@ -381,3 +381,123 @@ def _register(owner: OwnerKind) -> None:
 
 _register("webhook")
 _register("app")
+
+
+# -- Omi's developer-webhook routes (backend/routers/users.py) ----------------------------------
+#
+# Omi keeps one URL per webhook type; here that is the user's oldest registration of that kind
+# (created on first use, its secret available through ``/v1/webhooks/<id>/rotate-secret``).
+# ``audio_bytes`` URLs carry their interval as Omi stores them: ``"<url>,<seconds>"``.
+
+
+def _developer_kind(wtype: str) -> str:
+    if wtype not in WEBHOOK_KINDS:
+        raise _invalid("type", f"must be one of {', '.join(sorted(WEBHOOK_KINDS))}")
+    return wtype
+
+
+async def _developer_endpoint(user_id: str, kind: str) -> Endpoint | None:
+    endpoints = await _api().repo.list_endpoints(user_id, "webhook")
+    mine = [e for e in endpoints if e.kinds == (kind,)]
+    return min(mine, key=lambda e: (e.created_at, e.id)) if mine else None
+
+
+def _omi_url(endpoint: Endpoint | None) -> str:
+    if endpoint is None:
+        return ""
+    if endpoint.kinds == ("audio_bytes",):
+        return f"{endpoint.url},{endpoint.interval_s:g}"
+    return endpoint.url
+
+
+def _split_omi_url(kind: str, raw: object) -> tuple[str, dict[str, object]]:
+    """``(url, body for the registration)`` from Omi's ``{"url": ...}`` ("" = disable)."""
+    if not isinstance(raw, str):
+        raise _invalid("url", "must be a string")
+    url, interval = raw.strip(), None
+    if kind == "audio_bytes" and "," in url:
+        url, _, seconds = url.rpartition(",")
+        try:
+            interval = float(seconds) if seconds.strip() else None
+        except ValueError:
+            raise _invalid("url", "must be '<url>,<seconds>' for audio_bytes") from None
+    body: dict[str, object] = {"url": url}
+    if interval is not None:
+        body["interval_s"] = interval
+    return url, body
+
+
+async def _set_developer_webhook(wtype: str) -> Response:
+    """``POST /v1/users/developer/webhook/<type>`` ``{"url": ...}``; an empty URL disables."""
+    kind = _developer_kind(wtype)
+    user = await current_user()
+    url, body = _split_omi_url(kind, (await read_json_object()).get("url"))
+    api = _api()
+    existing = await _developer_endpoint(user.id, kind)
+    if not url:
+        if existing is not None:
+            values: dict[str, object] = {"enabled": 0}
+            await api.repo.update_endpoint(user.id, "webhook", existing.id, values, wall_now())
+    elif existing is None:
+        endpoint = await _new_endpoint("webhook", user.id, {**body, "kind": kind})
+        try:
+            await api.repo.create_endpoint(endpoint, MAX_ENDPOINTS_PER_USER)
+        except LimitReachedError as exc:
+            raise ApiError(409, "limit_reached", str(exc)) from exc
+    else:
+        values = await _patch_values("webhook", body)
+        await api.repo.update_endpoint(user.id, "webhook", existing.id, values, wall_now())
+    await api.refresh_user(user.id)
+    return json_response({"status": "ok"})
+
+
+async def _get_developer_webhook(wtype: str) -> Response:
+    """``GET /v1/users/developer/webhook/<type>`` -> ``{"url": ...}`` (``""`` if none)."""
+    kind = _developer_kind(wtype)
+    user = await current_user()
+    return json_response({"url": _omi_url(await _developer_endpoint(user.id, kind))})
+
+
+async def _toggle_developer_webhook(wtype: str, enabled: bool) -> Response:
+    kind = _developer_kind(wtype)
+    user = await current_user()
+    api = _api()
+    existing = await _developer_endpoint(user.id, kind)
+    if existing is not None:
+        values: dict[str, object] = {"enabled": int(enabled)}
+        await api.repo.update_endpoint(user.id, "webhook", existing.id, values, wall_now())
+        await api.refresh_user(user.id)
+    return json_response({"status": "ok"})
+
+
+@blueprint.post("/users/developer/webhook/<wtype>")
+async def set_developer_webhook(wtype: str) -> Response:
+    """Omi: set the URL of the developer webhook of ``wtype``."""
+    return await _set_developer_webhook(wtype)
+
+
+@blueprint.get("/users/developer/webhook/<wtype>")
+async def get_developer_webhook(wtype: str) -> Response:
+    """Omi: the URL of the developer webhook of ``wtype``."""
+    return await _get_developer_webhook(wtype)
+
+
+@blueprint.post("/users/developer/webhook/<wtype>/disable")
+async def disable_developer_webhook(wtype: str) -> Response:
+    """Omi: stop calling the developer webhook of ``wtype`` (its URL is kept)."""
+    return await _toggle_developer_webhook(wtype, False)
+
+
+@blueprint.post("/users/developer/webhook/<wtype>/enable")
+async def enable_developer_webhook(wtype: str) -> Response:
+    """Omi: call the developer webhook of ``wtype`` again."""
+    return await _toggle_developer_webhook(wtype, True)
+
+
+@blueprint.get("/users/developer/webhooks/status")
+async def developer_webhooks_status() -> Response:
+    """Omi: ``{kind: enabled}`` for the four developer webhook types."""
+    user = await current_user()
+    endpoints = await _api().repo.list_endpoints(user.id, "webhook")
+    enabled = {kind for e in endpoints if e.enabled for kind in e.kinds}
+    return json_response({kind: kind in enabled for kind in sorted(WEBHOOK_KINDS)})
