@@ -29,7 +29,7 @@ import logging
 import signal
 from dataclasses import dataclass
 from functools import partial
-from typing import Final, cast
+from typing import Final, Unpack, cast
 
 import hypercorn.trio
 import hypercorn.typing
@@ -38,11 +38,10 @@ from hypercorn.config import Config
 
 from lanes import LoopLagMonitor
 from server.app import create_app
-from server.compose import Components, open_components
+from server.compose import Components, Overrides, open_components
 from server.context import AppContext
 from server.drain import Drain
 from server.settings import Settings
-from server.stt.base import SttProvider
 
 __all__ = ["ServerHandle", "serve"]
 
@@ -125,22 +124,23 @@ async def serve(  # noqa: ASYNC128 -- task_status reaches started() in _run_work
     settings: Settings,
     *,
     handle_signals: bool = False,
-    stt_provider: SttProvider | None = None,
     task_status: trio.TaskStatus[ServerHandle] = trio.TASK_STATUS_IGNORED,
+    **overrides: Unpack[Overrides],
 ) -> None:
     """Run the server until a graceful shutdown completes (or the caller cancels it).
 
     Args:
         settings: the run's settings.
         handle_signals: watch SIGTERM/SIGINT (``python -m server`` does; tests don't).
-        stt_provider: an already-open STT provider to use instead of the configured one
-            (tests inject fakes with failure knobs this way).
+        overrides: components to use instead of the configured ones (tests inject an open STT
+            provider with failure knobs, or a short webhook retry schedule, this way; see
+            :class:`server.compose.Overrides`).
         task_status: receives a :class:`ServerHandle` once the server listens.
 
     Cancellation: cancelling the caller's scope is a hard stop (like a second signal); cleanup
     still runs, shielded and bounded.
     """
-    async with open_components(settings, stt_provider=stt_provider) as components:
+    async with open_components(settings, **overrides) as components:
         await _run_root(components, handle_signals, task_status)
     LOGGER.info("stopped")
 

@@ -3,9 +3,12 @@
 Both surfaces share one implementation; they differ in what an endpoint subscribes to::
 
     /v1/webhooks   {"kind": one of memory_created | realtime_transcript | audio_bytes |
-                    day_summary, "url": ..., "interval_s": 5}
+                    day_summary, "url": ..., "interval_s": 5, "delivery": "at_least_once"}
     /v1/apps       {"name": ..., "url": ..., "triggers": [memory_created | realtime_transcript
-                    | audio_bytes, ...], "interval_s": 5}
+                    | audio_bytes, ...], "interval_s": 5, "delivery": "once"}
+
+``delivery`` (durable kinds): ``once`` = one try, never retried (Omi apps' default: they do not
+deduplicate); ``at_least_once`` = retried on the schedule (developer webhooks' default).
 
     POST   /v1/{webhooks,apps}                         201 {..., "secret": "whsec_..."} (once)
     GET    /v1/{webhooks,apps}                         list (no secrets)
@@ -35,7 +38,16 @@ from server.errors import ApiError
 from server.routes.deps import ctx_of, current_user, json_response, read_json_object
 from server.store import new_id
 from server.views import iso
-from server.webhooks.models import APP_TRIGGERS, WEBHOOK_KINDS, Delivery, Endpoint, OwnerKind
+from server.webhooks.models import (
+    APP_TRIGGERS,
+    DEFAULT_DELIVERY,
+    DELIVERY_MODES,
+    WEBHOOK_KINDS,
+    Delivery,
+    DeliveryMode,
+    Endpoint,
+    OwnerKind,
+)
 from server.webhooks.repository import LimitReachedError
 from server.webhooks.service import WebhookApi
 from server.webhooks.signing import new_secret
@@ -88,6 +100,7 @@ def endpoint_json(endpoint: Endpoint) -> dict[str, object]:
         url=endpoint.url,
         interval_s=endpoint.interval_s,
         enabled=endpoint.enabled,
+        delivery=endpoint.delivery,
         disabled_reason=endpoint.disabled_reason,
         created_at=iso(endpoint.created_at),
         updated_at=iso(endpoint.updated_at),
@@ -167,6 +180,15 @@ def _kinds(body: Mapping[str, object], owner: OwnerKind) -> tuple[str, ...]:
     return tuple(dict.fromkeys(str(t) for t in triggers))
 
 
+def _delivery(body: Mapping[str, object], owner: OwnerKind) -> DeliveryMode:
+    value = body.get("delivery", DEFAULT_DELIVERY[owner])
+    if value == "once":
+        return "once"
+    if value == "at_least_once":
+        return "at_least_once"
+    raise _invalid("delivery", f"must be one of {', '.join(sorted(DELIVERY_MODES))}")
+
+
 def _enabled(body: Mapping[str, object]) -> bool:
     value = body.get("enabled", True)
     if not isinstance(value, bool):
@@ -192,12 +214,12 @@ async def _checked_url(body: Mapping[str, object]) -> str:
 
 
 _CREATE_FIELDS: Final = {
-    "webhook": frozenset({"kind", "url", "interval_s", "enabled"}),
-    "app": frozenset({"name", "url", "triggers", "interval_s", "enabled"}),
+    "webhook": frozenset({"kind", "url", "interval_s", "enabled", "delivery"}),
+    "app": frozenset({"name", "url", "triggers", "interval_s", "enabled", "delivery"}),
 }
 _PATCH_FIELDS: Final = {
-    "webhook": frozenset({"url", "interval_s", "enabled"}),
-    "app": frozenset({"name", "url", "triggers", "interval_s", "enabled"}),
+    "webhook": frozenset({"url", "interval_s", "enabled", "delivery"}),
+    "app": frozenset({"name", "url", "triggers", "interval_s", "enabled", "delivery"}),
 }
 
 
@@ -205,7 +227,7 @@ async def _new_endpoint(owner: OwnerKind, user_id: str, body: Mapping[str, objec
     _check_fields(body, _CREATE_FIELDS[owner])
     kinds = _kinds(body, owner)
     name = _string(body, "name", MAX_NAME_CHARS) if owner == "app" else ""
-    interval_s, enabled = _interval(body), _enabled(body)
+    interval_s, enabled, delivery = _interval(body), _enabled(body), _delivery(body, owner)
     url = await _checked_url(body)
     now = wall_now()
     return Endpoint(
@@ -223,6 +245,7 @@ async def _new_endpoint(owner: OwnerKind, user_id: str, body: Mapping[str, objec
         disabled_reason=None,
         created_at=now,
         updated_at=now,
+        delivery=delivery,
     )
 
 
@@ -238,6 +261,8 @@ async def _patch_values(owner: OwnerKind, body: Mapping[str, object]) -> dict[st
         values["interval_s"] = _interval(body)
     if "enabled" in body:
         values["enabled"] = int(_enabled(body))
+    if "delivery" in body:
+        values["delivery"] = _delivery(body, owner)
     if "url" in body:
         values["url"] = await _checked_url(body)
     return values
