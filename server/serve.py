@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Final, Unpack, cast
 
-import hypercorn.trio
 import hypercorn.typing
 import trio
 from hypercorn.config import Config
@@ -41,6 +40,7 @@ from server.app import create_app
 from server.compose import Components, Overrides, open_components
 from server.context import AppContext
 from server.drain import Drain
+from server.guard import arm_watchdog, guard_asgi, make_guard, serve_guarded
 from server.settings import Settings
 
 __all__ = ["ServerHandle", "serve"]
@@ -51,6 +51,9 @@ LOGGER = logging.getLogger(__name__)
 HYPERCORN_GRACE_S: Final = 1.0
 #: Shielded budget for closing a resource after the deadline (lanes, store, clients).
 CLOSE_BUDGET_S: Final = 0.5
+#: The last-resort watchdog fires this long after the drain deadline / a second signal
+#: (the promise is "+ 1 s"; the margin covers the interpreter's own exit).
+WATCHDOG_AFTER_S: Final = 0.9
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +89,7 @@ def _hypercorn_config(settings: Settings) -> Config:
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     config.bind = [f"{host}:{settings.port}"]
     config.graceful_timeout = HYPERCORN_GRACE_S
+    config.keep_alive_timeout = settings.http_keep_alive_s  # also bounds a slow request head
     config.websocket_max_message_size = settings.ws_max_message_bytes
     config.accesslog = None  # URLs can carry single-use tickets: never log them
     config.errorlog = logging.getLogger("hypercorn.error")
@@ -102,10 +106,12 @@ async def _watch_signals(drain: Drain, settings: Settings, root: trio.CancelScop
                     signal.Signals(signum).name,
                     settings.graceful_shutdown_s,
                 )
+                arm_watchdog(settings.graceful_shutdown_s + WATCHDOG_AFTER_S)
                 drain.request(settings.graceful_shutdown_s)
             else:
                 LOGGER.warning("second signal: cancelling everything now")
-                drain.forced = True
+                arm_watchdog(WATCHDOG_AFTER_S)
+                drain.force()
                 root.cancel()
 
 
@@ -174,12 +180,14 @@ async def _run_work(
         await components.start_workers(work)
         stop_http = trio.Event()
         work.start_soon(_shutdown_sequence, ctx, stop_http)
-        app = create_app(ctx, components.listen_handler)
+        guard = make_guard(ctx.settings, ctx.drain)
+        ctx.stats["connections"] = guard.statistics
+        app = guard_asgi(create_app(ctx, components.listen_handler), guard)
         config = _hypercorn_config(ctx.settings)
         # hypercorn types the app with its TypedDict scopes; ours takes the same dicts.
         asgi = cast(hypercorn.typing.Framework, app)
         binds = await work.start(
-            partial(hypercorn.trio.serve, asgi, config, shutdown_trigger=stop_http.wait)
+            partial(serve_guarded, asgi, config, guard, shutdown_trigger=stop_http.wait)
         )
         port = int(binds[0].rsplit(":", 1)[1])
         LOGGER.info("listening on %s", binds[0])

@@ -16,6 +16,7 @@ LEAVES = frozenset({"auth", "clock", "drain", "errors", "jwt_auth", "settings", 
 #: For each unit (a ``server`` subpackage or top-level module): the other units it may import,
 #: besides the leaves. Lower layers first; nothing imports upwards.
 ALLOWED: Mapping[str, Set[str]] = {
+    "guard": set(),
     "store": set(),
     "stt": set(),
     "views": {"store"},
@@ -23,13 +24,23 @@ ALLOWED: Mapping[str, Set[str]] = {
     "tokens_cli": {"store"},
     "webhooks": {"store"},
     "processing": {"store", "views", "webhooks"},
-    "listen": {"store", "stt", "views", "identity"},
+    "listen": {"guard", "store", "stt", "views", "identity"},
     "context": {"store", "listen", "webhooks", "identity"},
-    "routes": {"context", "store", "stt", "views", "listen", "webhooks", "processing", "identity"},
+    "routes": {
+        "context",
+        "guard",
+        "store",
+        "stt",
+        "views",
+        "listen",
+        "webhooks",
+        "processing",
+        "identity",
+    },
     "app": {"context", "listen", "routes"},
     "compose": {"context", "store", "stt", "views", "listen", "webhooks", "processing", "identity"},
-    "serve": {"app", "compose", "context", "stt"},
-    "__main__": {"serve", "tokens_cli"},
+    "serve": {"app", "compose", "context", "guard", "stt"},
+    "__main__": {"guard", "serve", "tokens_cli"},
 }
 
 

@@ -22,6 +22,7 @@ from lanes import LaneError
 from server.auth import TICKET_PREFIX, TicketBook, bearer_token
 from server.clock import wall_now
 from server.drain import Drain
+from server.guard import mark_authenticated, mark_websocket
 from server.identity import AuthFailed, JwtAuth, authenticate_bearer
 from server.listen.codecs import SUPPORTED_CODECS, make_decoder
 from server.listen.conversation import ConversationTracker
@@ -213,7 +214,12 @@ def _session(
         ws=ws,
         user_id=user_id,
         params=params,
-        config=SessionConfig(settings.heartbeat_interval_s, settings.idle_timeout_s),
+        config=SessionConfig(
+            settings.heartbeat_interval_s,
+            settings.idle_timeout_s,
+            max_frames_per_s=settings.ws_max_frames_per_s,
+            frame_burst=settings.ws_frame_burst,
+        ),
         decoder=make_decoder(params.codec, params.sample_rate),
         gate=VadGate(settings.vad, params.sample_rate),
         tracker=tracker,
@@ -235,6 +241,8 @@ async def _serve(ctx: ListenContext, deps: ListenDeps, ws: AsgiWebSocket) -> Non
             user_id = await _authenticate(ctx, headers, query)
     except LaneError as exc:
         raise _Refused(1013, "server busy; try again later") from exc
+    mark_authenticated(ws.scope)
+    mark_websocket(ws.scope)
     params = _params(ctx, deps, query)
     if not ws.accepted:
         await ws.accept()

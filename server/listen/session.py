@@ -48,7 +48,7 @@ from server.listen.vad import GateOutput, VadGate
 from server.listen.wire import AsgiWebSocket, ClientGone
 from server.stt.base import SttResult, SttStatus, SttStream, Word
 
-__all__ = ["CloseCause", "ListenSession", "SessionConfig"]
+__all__ = ["CloseCause", "FrameBudget", "ListenSession", "SessionConfig"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -79,6 +79,8 @@ class CloseCause:
 CLIENT_GONE: Final = CloseCause(1000, "client closed")
 DRAINING: Final = CloseCause(1001, "server shutting down")
 IDLE: Final = CloseCause(1001, "no data received within the idle timeout")
+STALLED: Final = CloseCause(1001, "the client did not read within the idle timeout")
+OVER_BUDGET: Final = CloseCause(1008, "frame rate over budget")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +89,30 @@ class SessionConfig:
 
     heartbeat_interval_s: float
     idle_timeout_s: float
+    max_frames_per_s: float = math.inf
+    frame_burst: int = 1000
+
+
+class FrameBudget:
+    """A token bucket of frames: ``rate`` per second, at most ``burst`` saved up."""
+
+    __slots__ = ("_burst", "_last", "_rate", "_tokens")
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self._rate = rate
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._last = trio.current_time()
+
+    def take(self) -> bool:
+        """Spend one frame; False when the budget is exhausted."""
+        now = trio.current_time()
+        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
 
 
 class ListenSession:
@@ -124,6 +150,8 @@ class ListenSession:
         self._outbox_closed = False
         self._cause: CloseCause | None = None
         self._last_client_data = trio.current_time()
+        self._sending_since: float | None = None
+        self._budget = FrameBudget(config.max_frames_per_s, config.frame_burst)
         self._audio_origin_wall: float | None = None
         self._end_requested = trio.Event()
         self._conversation_ended = trio.Event()
@@ -231,8 +259,10 @@ class ListenSession:
         self._outbox_closed = True
         self._out_send.close()
         if not self._ws.closed:
-            with trio.move_on_after(FINAL_SEND_S):
+            with trio.move_on_after(FINAL_SEND_S) as sending:
                 await self._drained_outbox.wait()
+            if sending.cancelled_caught and self._sending_since is not None:
+                self._ws.abort()  # the client does not read: nothing more can reach it
 
     async def _receive_loop(self, stream: SttStream) -> None:
         """The hot path: one ``receive`` per frame; the rest is sync unless STT gets audio."""
@@ -243,6 +273,9 @@ class ListenSession:
                 self.end(CLIENT_GONE)
                 return
             self._last_client_data = trio.current_time()
+            if not self._budget.take():
+                self.end(OVER_BUDGET)
+                return
             if isinstance(message, str):
                 suggested = self._on_text(message)
                 for result in suggested:
@@ -350,10 +383,13 @@ class ListenSession:
             async for text in self._out_recv:
                 if self._ws.closed:
                     continue
+                self._sending_since = trio.current_time()
                 try:
                     await self._ws.send_text(text)
                 except ClientGone:
                     self.end(CLIENT_GONE)
+                finally:
+                    self._sending_since = None
         finally:
             self._drained_outbox.set()
 
@@ -361,8 +397,12 @@ class ListenSession:
         interval = self._config.heartbeat_interval_s
         while True:
             await trio.sleep(min(interval, self._config.idle_timeout_s))
-            if trio.current_time() - self._last_client_data >= self._config.idle_timeout_s:
+            now, idle_s = trio.current_time(), self._config.idle_timeout_s
+            if now - self._last_client_data >= idle_s:
                 self.end(IDLE)
+                return
+            if self._sending_since is not None and now - self._sending_since >= idle_s:
+                self.end(STALLED)  # write-side stalls count as idle
                 return
             self.push_event_text("ping")
 

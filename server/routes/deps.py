@@ -15,6 +15,7 @@ from quart import Quart, Response, current_app, request
 from server.auth import bearer_token, is_admin_token
 from server.context import AppContext
 from server.errors import ApiError
+from server.guard import mark_authenticated
 from server.identity import AuthFailed, authenticate_bearer
 
 if TYPE_CHECKING:
@@ -60,6 +61,7 @@ def require_admin() -> None:
         raise ApiError(401, "unauthorized", "missing bearer token", headers=_CHALLENGE)
     if not is_admin_token(token, ctx_of().settings.admin_token):
         raise ApiError(403, "forbidden", "this endpoint needs the admin token")
+    mark_authenticated(request.scope)
 
 
 async def current_user() -> User:
@@ -72,6 +74,7 @@ async def current_user() -> User:
         user = await authenticate_bearer(ctx, token)
     except AuthFailed as exc:
         raise ApiError(401, "unauthorized", exc.reason, headers=_CHALLENGE) from None
+    mark_authenticated(request.scope)
     wait_s = ctx.limiter.try_acquire(user.id)
     if wait_s > 0:
         retry = str(max(1, math.ceil(wait_s)))
