@@ -28,10 +28,10 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import trio
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from quart import Blueprint, Response
 
 from server.clock import wall_now
@@ -50,7 +50,7 @@ from server.routes._models import (
     WebhookOut,
     WebhookPatch,
 )
-from server.routes.deps import ctx_of, current_user, json_response, read_json_object
+from server.routes.deps import ctx_of, json_response
 from server.store import User, new_id
 from server.views import iso
 from server.webhooks.models import WEBHOOK_KINDS, Delivery, Endpoint, OwnerKind
@@ -421,11 +421,10 @@ def _developer_create(kind: str, body: Mapping[str, object]) -> WebhookCreate:
         raise _invalid(field, error["msg"]) from None
 
 
-async def _set_developer_webhook(wtype: str) -> Response:
+async def _set_developer_webhook(user: User, wtype: str, raw_url: str) -> Response:
     """``POST /v1/users/developer/webhook/<type>`` ``{"url": ...}``; an empty URL disables."""
     kind = _developer_kind(wtype)
-    user = await current_user()
-    url, body = _split_omi_url(kind, (await read_json_object()).get("url"))
+    url, body = _split_omi_url(kind, raw_url)
     api = _api()
     existing = await _developer_endpoint(user.id, kind)
     if not url:
@@ -446,16 +445,14 @@ async def _set_developer_webhook(wtype: str) -> Response:
     return json_response({"status": "ok"})
 
 
-async def _get_developer_webhook(wtype: str) -> Response:
+async def _get_developer_webhook(user: User, wtype: str) -> Response:
     """``GET /v1/users/developer/webhook/<type>`` -> ``{"url": ...}`` (``""`` if none)."""
     kind = _developer_kind(wtype)
-    user = await current_user()
     return json_response({"url": _omi_url(await _developer_endpoint(user.id, kind))})
 
 
-async def _toggle_developer_webhook(wtype: str, enabled: bool) -> Response:
+async def _toggle_developer_webhook(user: User, wtype: str, enabled: bool) -> Response:
     kind = _developer_kind(wtype)
-    user = await current_user()
     api = _api()
     existing = await _developer_endpoint(user.id, kind)
     if existing is not None:
@@ -465,34 +462,71 @@ async def _toggle_developer_webhook(wtype: str, enabled: bool) -> Response:
     return json_response({"status": "ok"})
 
 
+class DeveloperUrl(BaseModel):
+    """Omi's ``{"url": ...}``: ``""`` disables; ``audio_bytes`` takes ``"<url>,<seconds>"``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    url: str = Field(max_length=2100)
+
+
+class DeveloperAck(BaseModel):
+    """Omi's acknowledgement (lower-case, as ``backend/routers/users.py`` answers)."""
+
+    status: Literal["ok"]
+
+
+class DeveloperUrlOut(BaseModel):
+    """The URL of a developer webhook (``""`` if none)."""
+
+    url: str
+
+
+class DeveloperStatus(BaseModel):
+    """Whether each developer webhook type is registered and enabled."""
+
+    audio_bytes: bool
+    day_summary: bool
+    memory_created: bool
+    realtime_transcript: bool
+
+
+def _developer(**kwargs: Any) -> Callable[[_View], _View]:
+    return operation(auth="user", tags=["omi developer webhooks"], **kwargs)
+
+
 @blueprint.post("/users/developer/webhook/<wtype>")
-async def set_developer_webhook(wtype: str) -> Response:
-    """Omi: set the URL of the developer webhook of ``wtype``."""
-    return await _set_developer_webhook(wtype)
+@_developer(body=DeveloperUrl, responses={200: DeveloperAck}, errors=[409, 422])
+async def set_developer_webhook(user: User, wtype: str, body: DeveloperUrl) -> Response:
+    """Omi: set the URL of the developer webhook of ``wtype`` (``""`` disables it)."""
+    return await _set_developer_webhook(user, wtype, body.url)
 
 
 @blueprint.get("/users/developer/webhook/<wtype>")
-async def get_developer_webhook(wtype: str) -> Response:
+@_developer(responses={200: DeveloperUrlOut}, errors=[422])
+async def get_developer_webhook(user: User, wtype: str) -> Response:
     """Omi: the URL of the developer webhook of ``wtype``."""
-    return await _get_developer_webhook(wtype)
+    return await _get_developer_webhook(user, wtype)
 
 
 @blueprint.post("/users/developer/webhook/<wtype>/disable")
-async def disable_developer_webhook(wtype: str) -> Response:
+@_developer(responses={200: DeveloperAck}, errors=[422])
+async def disable_developer_webhook(user: User, wtype: str) -> Response:
     """Omi: stop calling the developer webhook of ``wtype`` (its URL is kept)."""
-    return await _toggle_developer_webhook(wtype, False)
+    return await _toggle_developer_webhook(user, wtype, False)
 
 
 @blueprint.post("/users/developer/webhook/<wtype>/enable")
-async def enable_developer_webhook(wtype: str) -> Response:
+@_developer(responses={200: DeveloperAck}, errors=[422])
+async def enable_developer_webhook(user: User, wtype: str) -> Response:
     """Omi: call the developer webhook of ``wtype`` again."""
-    return await _toggle_developer_webhook(wtype, True)
+    return await _toggle_developer_webhook(user, wtype, True)
 
 
 @blueprint.get("/users/developer/webhooks/status")
-async def developer_webhooks_status() -> Response:
+@_developer(responses={200: DeveloperStatus})
+async def developer_webhooks_status(user: User) -> Response:
     """Omi: ``{kind: enabled}`` for the four developer webhook types."""
-    user = await current_user()
     endpoints = await _api().repo.list_endpoints(user.id, "webhook")
     enabled = {kind for e in endpoints if e.enabled for kind in e.kinds}
     return json_response({kind: kind in enabled for kind in sorted(WEBHOOK_KINDS)})
