@@ -34,9 +34,10 @@ from server.listen.params import (
     parse_listen_params,
 )
 from server.listen.registry import AdmissionError, SessionRegistry
-from server.listen.session import ListenSession, SessionConfig
+from server.listen.session import LatencySinks, ListenSession, SessionConfig
 from server.listen.vad import VadGate
 from server.listen.wire import AsgiApp, AsgiWebSocket, ClientGone, Receive, Scope, Send
+from server.logs import log_context
 from server.settings import Settings
 from server.store import Store, StoreError
 from server.stt.base import SttCapacityError, SttError, SttProvider
@@ -73,6 +74,7 @@ class ListenDeps:
     provider: SttProvider
     hooks: RealtimeHooks
     wake_processing: Callable[[], None]
+    latency: LatencySinks | None = None
 
 
 class _Refused(Exception):
@@ -226,6 +228,7 @@ def _session(
         hooks=deps.hooks,
         drain_deadline=lambda: ctx.drain.deadline,
         provider_name=deps.provider.name,
+        latency=deps.latency,
     )
     return session
 
@@ -252,7 +255,12 @@ async def _serve(ctx: ListenContext, deps: ListenDeps, ws: AsgiWebSocket) -> Non
     except AdmissionError as exc:
         raise _Refused(1001 if ctx.drain.draining else 1013, exc.reason) from exc
     try:
-        await _run_admitted(ctx, deps, ws, session, params)
+        with log_context(
+            session_id=session.session_id,
+            user_id=user_id,
+            conversation_id=lambda: session.conversation_id,
+        ):
+            await _run_admitted(ctx, deps, ws, session, params)
     finally:
         deps.registry.release(session)
         deps.hooks.on_session_end(user_id, session.session_id)
