@@ -19,8 +19,8 @@ from trio_websocket import WebSocketConnection, wrap_client_stream
 
 from server.serve import ServerHandle
 from server.settings import Settings
+from server.testing import ListenClient, Received, frames, pcm
 from tests.conftest import auth, create_user_token, start_server
-from tests.server.listen_client import Received, frames, pcm, read_to_close, read_until
 
 QUERY = "sample_rate=16000&codec=pcm16&source=desktop&include_speech_profile=false"
 AUTH_OK = {"type": "auth_response", "success": True}
@@ -40,6 +40,20 @@ async def open_web(server: ServerHandle, query: str = QUERY) -> AsyncIterator[We
             nursery.cancel_scope.cancel()
     finally:
         await trio.aclose_forcefully(stream)
+
+
+async def read_until(
+    ws: WebSocketConnection, received: Received, done: Callable[[Received], bool]
+) -> Received:
+    """Read into ``received`` until ``done`` or the close."""
+    client = ListenClient(ws)
+    client.received = received
+    return await client.read_until(done)
+
+
+async def read_to_close(ws: WebSocketConnection) -> Received:
+    """Read until the server closes the connection."""
+    return await read_until(ws, Received(), lambda r: False)
 
 
 async def _first_reply(ws: WebSocketConnection) -> object:
