@@ -17,6 +17,7 @@ from typing import Final, Protocol, final
 import trio
 
 __all__ = [
+    "TICKET_PREFIX",
     "RateLimiter",
     "TicketBook",
     "TicketBookStatistics",
@@ -24,6 +25,8 @@ __all__ = [
     "is_admin_token",
 ]
 
+#: Every ticket starts with this (so a token field can be told apart from an API token).
+TICKET_PREFIX: Final = "tk_"
 #: Most tickets outstanding at once; the oldest is forgotten beyond this (it simply expires early).
 MAX_TICKETS: Final = 10_000
 #: Most users whose rate-limit buckets are remembered; the least recently seen is forgotten.
@@ -83,7 +86,7 @@ class TicketBook:
 
     def issue(self, user_id: str) -> tuple[str, float]:
         """Return a new ticket for ``user_id`` and its lifetime in seconds."""
-        ticket = "tk_" + secrets.token_urlsafe(24)
+        ticket = TICKET_PREFIX + secrets.token_urlsafe(24)
         self._tickets[_digest(ticket)] = (user_id, trio.current_time() + self._ttl_s)
         while len(self._tickets) > MAX_TICKETS:
             self._tickets.popitem(last=False)

@@ -5,6 +5,7 @@
 
     open_components                    (one AsyncExitStack; closed in reverse order)
     ├── storage ThreadLane + store     SQLite through the storage lane
+    ├── HTTP lane "jwks" + refresher   only with --auth-jwks-url (JWT bearer tokens)
     ├── STT provider                   embedded workers, Deepgram client, or the fake
     ├── thread lane "summarise"        long transcripts for the embedded summariser
     ├── HTTP lane "webhooks"           SSRF-pinned transport; per-target bulkheads + breakers
@@ -32,6 +33,8 @@ from server.auth import RateLimiter, TicketBook
 from server.clock import wall_now
 from server.context import AppContext
 from server.drain import Drain
+from server.identity import JwtAuth
+from server.jwt_auth import JwtSettings, open_jwt_verifier
 from server.listen.handler import ListenDeps, make_listen_handler
 from server.listen.registry import SessionRegistry
 from server.listen.sweeper import Sweeper
@@ -171,6 +174,7 @@ async def open_components(
     stats: Stats = {}
     async with AsyncExitStack() as stack:
         store = await stack.enter_async_context(_open_store(settings, stats))
+        jwt = await stack.enter_async_context(_open_jwt(settings, stats))
         provider = await stack.enter_async_context(
             _provider(settings, overrides.get("stt_provider"))
         )
@@ -186,7 +190,7 @@ async def open_components(
         summariser = await _open_summariser(stack, settings, embedded, openai_transport, stats)
         nursery = await stack.enter_async_context(trio.open_nursery())
         stack.callback(nursery.cancel_scope.cancel)
-        parts = _Parts(settings, Drain(), store, provider, lane, summariser, embedded, stats)
+        parts = _Parts(settings, Drain(), store, provider, lane, summariser, embedded, stats, jwt)
         components = _assemble(
             parts, nursery, overrides.get("processing_config"), overrides.get("delivery_config")
         )
@@ -205,6 +209,7 @@ class _Parts:
     summariser: Summariser
     embedded: EmbeddedSummariser
     stats: Stats
+    jwt: JwtAuth | None
 
 
 @asynccontextmanager
@@ -218,6 +223,26 @@ async def _open_store(settings: Settings, stats: Stats) -> AsyncIterator[Store]:
     async with open_sqlite_store(settings.data_dir / DB_FILENAME, lane=lane) as store:
         stats["storage"] = lane.statistics
         yield store
+
+
+@asynccontextmanager
+async def _open_jwt(settings: Settings, stats: Stats) -> AsyncIterator[JwtAuth | None]:
+    """JWT auth if ``--auth-jwks-url`` is set (its first JWKS fetch done on entry), else None."""
+    if not settings.auth_jwks_url:
+        await trio.lowlevel.checkpoint()
+        yield None
+        return
+    jwt_settings = JwtSettings(
+        jwks_url=settings.auth_jwks_url,
+        issuer=settings.auth_issuer or "",
+        audience=settings.auth_audience or "",
+        refresh_s=settings.auth_jwks_refresh_s,
+        min_refresh_s=settings.auth_jwks_min_refresh_s,
+    )
+    async with open_jwt_verifier(jwt_settings) as verifier:
+        jwt = JwtAuth(verifier)
+        stats["jwt"] = jwt.statistics
+        yield jwt
 
 
 @asynccontextmanager
@@ -316,6 +341,7 @@ def _assemble(
         processing_wakeup=wakeup,
         metrics=metrics,
         stats=parts.stats,
+        jwt=parts.jwt,
     )
     parts.stats.update(
         tickets=context.tickets.statistics,

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from server.auth import RateLimiter, TicketBook
 from server.drain import Drain
+from server.identity import JwtAuth
 from server.listen.registry import SessionRegistry
 from server.metrics import ServerMetrics
 from server.settings import Settings
@@ -37,6 +38,7 @@ class AppContext:
         metrics: the Prometheus registry of this run (``GET /metrics``), reading ``stats``.
         stats: named ``statistics()`` callables exposed on ``GET /v1/stats`` (filled while the
             run's components open; the serve tree adds its loop-lag monitor).
+        jwt: JWT bearer-token auth when ``--auth-jwks-url`` is set (else ``None``).
     """
 
     settings: Settings
@@ -49,3 +51,4 @@ class AppContext:
     processing_wakeup: Wakeup
     metrics: ServerMetrics
     stats: dict[str, Callable[[], object]] = field(default_factory=dict)
+    jwt: JwtAuth | None = None

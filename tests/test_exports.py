@@ -12,7 +12,7 @@ import lanes
 
 SERVER = pathlib.Path(__file__).resolve().parent.parent / "server"
 #: Top-level modules that import no other part of ``server`` except each other.
-LEAVES = frozenset({"auth", "clock", "drain", "errors", "logs", "settings", "wakeup"})
+LEAVES = frozenset({"auth", "clock", "drain", "errors", "jwt_auth", "logs", "settings", "wakeup"})
 #: For each unit (a ``server`` subpackage or top-level module): the other units it may import,
 #: besides the leaves. Lower layers first; nothing imports upwards.
 ALLOWED: Mapping[str, Set[str]] = {
@@ -20,13 +20,14 @@ ALLOWED: Mapping[str, Set[str]] = {
     "store": set(),
     "stt": set(),
     "views": {"store"},
+    "identity": {"store"},
     "tokens_cli": {"store"},
     "webhooks": {"store"},
     "processing": {"store", "views", "webhooks"},
-    "listen": {"guard", "store", "stt", "views"},
+    "listen": {"guard", "store", "stt", "views", "identity"},
     "metrics": {"store", "listen"},
     "check": {"store"},
-    "context": {"store", "listen", "webhooks", "metrics"},
+    "context": {"store", "listen", "webhooks", "metrics", "identity"},
     "routes": {
         "context",
         "guard",
@@ -37,9 +38,20 @@ ALLOWED: Mapping[str, Set[str]] = {
         "webhooks",
         "processing",
         "metrics",
+        "identity",
     },
     "app": {"context", "listen", "routes"},
-    "compose": {"context", "store", "stt", "views", "listen", "webhooks", "processing", "metrics"},
+    "compose": {
+        "context",
+        "store",
+        "stt",
+        "views",
+        "listen",
+        "webhooks",
+        "processing",
+        "metrics",
+        "identity",
+    },
     "serve": {"app", "compose", "context", "guard", "stt"},
     "__main__": {"guard", "serve", "tokens_cli", "check"},
     "testing": {"serve"},
