@@ -1,6 +1,10 @@
 """Versioned schema migrations, applied in order at start, one transaction per step.
 
-The schema version lives in ``PRAGMA user_version`` (0 for an empty file). Each
+The same steps build both backends: each statement is written in SQLite's dialect and, on
+PostgreSQL, passed through :func:`server.store._pg.translate_ddl` (column types, ``WITHOUT
+ROWID``). The schema version lives in ``PRAGMA user_version`` on SQLite (0 for an empty file)
+and in the one-row table ``trioscribe_schema`` on PostgreSQL, where every step also holds a
+transaction-scoped advisory lock, so nodes starting together migrate once. Each
 :class:`Migration` moves the database from ``version - 1`` to ``version``; a database whose
 version is higher than the last step known here was written by a newer server and is refused
 with :class:`~server.store.errors.SchemaTooNewError` before any schema change.
@@ -159,10 +163,44 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
 LATEST_VERSION: Final = MIGRATIONS[-1].version
 
 
+_PG_VERSION_TABLE: Final = (
+    "CREATE TABLE IF NOT EXISTS trioscribe_schema (one INTEGER PRIMARY KEY CHECK (one = 1),"
+    " version INTEGER NOT NULL)"
+)
+#: Serialises migrating starters on PostgreSQL (per schema, so test schemas do not contend).
+_PG_LOCK: Final = "SELECT pg_advisory_xact_lock(hashtext('trioscribe.migrate.' || current_schema()))"
+
+
+def _on_postgres(conn: object) -> bool:
+    return getattr(conn, "dialect", None) == "postgresql"
+
+
 def schema_version(conn: sqlite3.Connection) -> int:
-    """The database's schema version (``PRAGMA user_version``; 0 for a new file)."""
+    """The database's schema version (``PRAGMA user_version`` on SQLite; 0 for a new database)."""
+    if _on_postgres(conn):
+        row = conn.execute("SELECT version FROM trioscribe_schema").fetchone()
+        return int(row[0]) if row else 0
     row = conn.execute("PRAGMA user_version").fetchone()
     return int(row[0])
+
+
+def _begin_exclusive(conn: sqlite3.Connection) -> None:
+    """Open a transaction that no other migrating starter runs concurrently with."""
+    conn.execute("BEGIN IMMEDIATE")
+    if _on_postgres(conn):
+        conn.execute(_PG_LOCK)
+        conn.execute(_PG_VERSION_TABLE)
+
+
+def _set_version(conn: sqlite3.Connection, version: int) -> None:
+    if _on_postgres(conn):
+        conn.execute(
+            "INSERT INTO trioscribe_schema (one, version) VALUES (1, ?)"
+            " ON CONFLICT (one) DO UPDATE SET version = excluded.version",
+            (version,),
+        )
+    else:
+        conn.execute(f"PRAGMA user_version = {int(version)}")
 
 
 def apply_migrations(conn: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIONS) -> int:
@@ -178,12 +216,22 @@ def apply_migrations(conn: sqlite3.Connection, migrations: Sequence[Migration] =
     """
     _check_numbering(migrations)
     latest = migrations[-1].version if migrations else 0
-    found = schema_version(conn)
+    found = _read_version(conn)
     if found > latest:
         raise SchemaTooNewError(found, latest)
     for step in migrations[found:]:
         _apply_step(conn, step, latest)
     return schema_version(conn)
+
+
+def _read_version(conn: sqlite3.Connection) -> int:
+    if not _on_postgres(conn):
+        return schema_version(conn)
+    _begin_exclusive(conn)  # creates the version table once, under the lock
+    try:
+        return schema_version(conn)
+    finally:
+        conn.commit()
 
 
 def _check_numbering(migrations: Sequence[Migration]) -> None:
@@ -195,19 +243,27 @@ def _check_numbering(migrations: Sequence[Migration]) -> None:
 
 
 def _apply_step(conn: sqlite3.Connection, step: Migration, latest: int) -> None:
-    conn.execute("BEGIN IMMEDIATE")
+    _begin_exclusive(conn)
     try:
         current = schema_version(conn)
         if current > latest:
             raise SchemaTooNewError(current, latest)
         if current < step.version:
             for statement in _statements(step.sql):
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {int(step.version)}")
+                conn.execute(_dialect_ddl(conn, statement))
+            _set_version(conn, step.version)
     except BaseException:
         conn.rollback()
         raise
     conn.commit()
+
+
+def _dialect_ddl(conn: sqlite3.Connection, statement: str) -> str:
+    if not _on_postgres(conn):
+        return statement
+    from server.store._pg import translate_ddl
+
+    return translate_ddl(statement)
 
 
 def _statements(sql: str) -> Iterator[str]:
