@@ -36,10 +36,15 @@ def _run_server(argv: Sequence[str]) -> int:
     except SettingsError as exc:
         print(f"python -m server: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    from server.supervisor import WORKER_ENV, run_workers
+
+    worker = os.environ.get(WORKER_ENV)
     logging.basicConfig(
         level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s {'w' + worker + ' ' if worker else ''}%(name)s: %(message)s",
     )
+    if settings.workers > 1 and worker is None:
+        return run_workers(settings, argv)
     from server.serve import serve
 
     handle_box: list[object] = []

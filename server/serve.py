@@ -25,9 +25,10 @@ everything it opened is closed.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Final, cast
@@ -43,8 +44,9 @@ from server.auth import RateLimiter, TicketBook
 from server.context import AppContext
 from server.drain import Drain
 from server.settings import Settings
-from server.store import DB_FILENAME, open_sqlite_store
+from server.store import DB_FILENAME, Store, open_sqlite_store
 from server.stt.base import SttProvider
+from server.supervisor import WORKER_ENV, reuse_port_socket
 
 __all__ = ["ServerHandle", "serve"]
 
@@ -82,6 +84,10 @@ def _hypercorn_config(settings: Settings) -> Config:
     config = Config()
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     config.bind = [f"{host}:{settings.port}"]
+    if settings.workers > 1:
+        # One of ``--workers`` siblings: bind with SO_REUSEPORT so they share the port (the
+        # kernel spreads new connections over them); hypercorn takes the descriptor over.
+        config.bind = [f"fd://{reuse_port_socket(settings.host, settings.port).detach()}"]
     config.graceful_timeout = HYPERCORN_GRACE_S
     config.websocket_max_message_size = settings.ws_max_message_bytes
     config.accesslog = None  # URLs can carry single-use tickets: never log them
@@ -119,6 +125,21 @@ async def _shutdown_sequence(ctx: AppContext, stop_http: trio.Event) -> None:
     stop_http.set()
 
 
+def _process_info() -> dict[str, object]:
+    """Which process answered (``--workers``: the worker's index, else ``None``)."""
+    worker = os.environ.get(WORKER_ENV)
+    return {"pid": os.getpid(), "worker": int(worker) if worker else None}
+
+
+def _open_store(settings: Settings, lane: ThreadLane) -> AbstractAsyncContextManager[Store]:
+    """PostgreSQL when ``database_url`` is set, else the embedded SQLite file in ``data_dir``."""
+    if settings.database_url:
+        from server.store.postgres import open_postgres_store
+
+        return open_postgres_store(settings.database_url, lane=lane)
+    return open_sqlite_store(settings.data_dir / DB_FILENAME, lane=lane)
+
+
 @asynccontextmanager
 async def open_core(settings: Settings) -> AsyncIterator[AppContext]:
     """Open the store and the shared in-memory services; close them on every exit path."""
@@ -128,7 +149,7 @@ async def open_core(settings: Settings) -> AsyncIterator[AppContext]:
         max_waiting=settings.storage_max_waiting,
         abandon_on_cancel=True,
     )
-    async with open_sqlite_store(settings.data_dir / DB_FILENAME, lane=lane) as store:
+    async with _open_store(settings, lane) as store:
         ctx = AppContext(
             settings=settings,
             drain=Drain(),
@@ -137,6 +158,7 @@ async def open_core(settings: Settings) -> AsyncIterator[AppContext]:
             limiter=RateLimiter(settings.api_rate_per_s, settings.api_burst),
         )
         ctx.stats["storage"] = lane.statistics
+        ctx.stats["process"] = _process_info
         ctx.stats["tickets"] = ctx.tickets.statistics
         yield ctx
 

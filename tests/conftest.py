@@ -14,6 +14,9 @@ if TYPE_CHECKING:
     from server.serve import ServerHandle
     from server.settings import Settings
 
+#: A real PostgreSQL (pgserver) for the tests that ask for ``pg_url``, started once per session.
+pytest_plugins = ["tests.pg"]
+
 ADMIN_TOKEN = "test-admin-token"
 
 

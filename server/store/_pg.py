@@ -87,7 +87,10 @@ _INSERT_OR_IGNORE = re.compile(r"^\s*INSERT\s+OR\s+IGNORE\s+INTO\b", re.IGNORECA
 _UNSUPPORTED = re.compile(r"\bINSERT\s+OR\s+(REPLACE|ROLLBACK|ABORT|FAIL)\b|\bPRAGMA\b", re.I)
 _SCALAR_MINMAX = re.compile(r"\b(MAX|MIN)\s*\(", re.IGNORECASE)
 _JSON_EACH = re.compile(r"\bjson_each\s*\(", re.IGNORECASE)
-_DDL_TYPES: Final = ((re.compile(r"\bREAL\b"), "DOUBLE PRECISION"), (re.compile(r"\bBLOB\b"), "BYTEA"))
+_DDL_TYPES: Final = (
+    (re.compile(r"\bREAL\b"), "DOUBLE PRECISION"),
+    (re.compile(r"\bBLOB\b"), "BYTEA"),
+)
 _WITHOUT_ROWID = re.compile(r"\)\s*WITHOUT\s+ROWID", re.IGNORECASE)
 
 
@@ -207,7 +210,7 @@ class PgRow(tuple[Any, ...]):
         row._index = index
         return row
 
-    def __getitem__(self, key: Any) -> Any:  # type: ignore[override]
+    def __getitem__(self, key: Any) -> Any:
         if isinstance(key, str):
             return tuple.__getitem__(self, self._index[key])
         return tuple.__getitem__(self, key)
@@ -258,7 +261,7 @@ class PgConnection:
         self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
     ) -> psycopg.Cursor[PgRow]:
         """Run one statement; the cursor iterates :class:`PgRow` rows and has ``rowcount``."""
-        return self._raw.execute(translate(sql), params or None)  # type: ignore[arg-type]
+        return self._raw.execute(translate(sql), params or None)
 
     def executemany(
         self, sql: str, seq: Iterable[Sequence[Any] | Mapping[str, Any]]
@@ -267,7 +270,7 @@ class PgConnection:
         cursor = self._raw.cursor()
         params = list(seq)
         if params:
-            cursor.executemany(translate(sql), params)  # type: ignore[arg-type]
+            cursor.executemany(translate(sql), params)
         return cursor
 
     def executescript(self, sql: str) -> None:
@@ -362,4 +365,3 @@ class PgPool:
     def created(self) -> int:
         """Connections opened since the start."""
         return int(self._pool.get_stats().get("connections_num", 0))
-

@@ -168,7 +168,9 @@ _PG_VERSION_TABLE: Final = (
     " version INTEGER NOT NULL)"
 )
 #: Serialises migrating starters on PostgreSQL (per schema, so test schemas do not contend).
-_PG_LOCK: Final = "SELECT pg_advisory_xact_lock(hashtext('trioscribe.migrate.' || current_schema()))"
+_PG_LOCK: Final = (
+    "SELECT pg_advisory_xact_lock(hashtext('trioscribe.migrate.' || current_schema()))"
+)
 
 
 def _on_postgres(conn: object) -> bool:
