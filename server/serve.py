@@ -41,6 +41,7 @@ from hypercorn.config import Config
 from lanes import LoopLagMonitor, ThreadLane
 from server.app import AsgiApp, create_app
 from server.auth import RateLimiter, TicketBook
+from server.cluster import open_node
 from server.context import AppContext
 from server.drain import Drain
 from server.settings import Settings
@@ -149,14 +150,19 @@ async def open_core(settings: Settings) -> AsyncIterator[AppContext]:
         max_waiting=settings.storage_max_waiting,
         abandon_on_cancel=True,
     )
-    async with _open_store(settings, lane) as store:
+    async with (
+        _open_store(settings, lane) as store,
+        open_node(store, settings) as node,
+    ):
         ctx = AppContext(
             settings=settings,
             drain=Drain(),
             store=store,
-            tickets=TicketBook(settings.ticket_ttl_s),
+            tickets=TicketBook(store, settings.ticket_ttl_s),
             limiter=RateLimiter(settings.api_rate_per_s, settings.api_burst),
         )
+        ctx.services["node"] = node
+        ctx.stats["node"] = node.statistics
         ctx.stats["storage"] = lane.statistics
         ctx.stats["process"] = _process_info
         ctx.stats["tickets"] = ctx.tickets.statistics

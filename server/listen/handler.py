@@ -20,6 +20,7 @@ from lanes import LaneError
 from server.app import AsgiApp, Receive, Scope, Send
 from server.auth import bearer_token
 from server.clock import wall_now
+from server.cluster import Node
 from server.context import AppContext
 from server.listen.codecs import SUPPORTED_CODECS, make_decoder
 from server.listen.conversation import ConversationTracker
@@ -72,13 +73,13 @@ async def _authenticate(
         if user is None:
             raise _Refused(1008, "invalid or revoked token")
         return user.id
-    await trio.lowlevel.checkpoint()
     ticket = query.get("ticket")
     if ticket:
-        user_id = ctx.tickets.redeem(ticket)
+        user_id = await ctx.tickets.redeem(ticket)
         if user_id is None:
             raise _Refused(1008, "invalid, expired or already used ticket")
         return user_id
+    await trio.lowlevel.checkpoint()
     raise _Refused(1008, "missing Authorization: Bearer token (or ?ticket= for browsers)")
 
 
@@ -152,7 +153,7 @@ async def _serve(ctx: AppContext, deps: ListenDeps, ws: AsgiWebSocket) -> None:
     headers, query = _headers(ws.scope), _query(ws.scope)
     try:
         user_id = await _authenticate(ctx, headers, query)
-    except LaneError as exc:
+    except (LaneError, StoreError) as exc:
         raise _Refused(1013, "server busy; try again later") from exc
     params = _params(ctx, deps, query)
     await ws.accept()
@@ -162,10 +163,26 @@ async def _serve(ctx: AppContext, deps: ListenDeps, ws: AsgiWebSocket) -> None:
     except AdmissionError as exc:
         raise _Refused(1001 if ctx.drain.draining else 1013, exc.reason) from exc
     try:
-        await _run_admitted(ctx, deps, ws, session, params)
+        await _admit_in_cluster(ctx, session)
+        try:
+            await _run_admitted(ctx, deps, ws, session, params)
+        finally:
+            await ctx.services["node"].release(session.session_id)
     finally:
         deps.registry.release(session)
         deps.hooks.on_session_end(user_id, session.session_id)
+
+
+async def _admit_in_cluster(ctx: AppContext, session: ListenSession) -> None:
+    """The per-user cap across every node sharing the store (see :mod:`server.cluster`)."""
+    node: Node = ctx.services["node"]
+    try:
+        admitted = await node.admit(session.session_id, session.user_id)
+    except (LaneError, StoreError) as exc:
+        raise _Refused(1013, "storage busy; try again later") from exc
+    if not admitted:
+        limit = ctx.settings.max_sessions_per_user
+        raise _Refused(1013, f"too many live sessions for this user (limit {limit})")
 
 
 async def _run_admitted(

@@ -110,7 +110,7 @@ async def patch_conversation(conversation_id: str) -> Response:
 async def create_ticket() -> Response:
     """A short-lived, single-use ticket for browsers: ``/v4/listen?ticket=...``."""
     user = await current_user()
-    ticket, ttl_s = ctx_of().tickets.issue(user.id)
+    ticket, ttl_s = await ctx_of().tickets.issue(user.id)
     headers = {"Cache-Control": "no-store"}
     return json_response({"ticket": ticket, "expires_in_s": ttl_s}, 201, headers)
 

@@ -16,7 +16,7 @@ DDL ``REAL`` / ``BLOB``          ``DOUBLE PRECISION`` / ``BYTEA``; ``WITHOUT ROW
 ===============================  =============================================================
 
 Row locking is the one thing SQLite has no syntax for (its writers are serialised by
-``BEGIN IMMEDIATE``): SQL functions append :func:`lock_clause` (``FOR UPDATE [SKIP LOCKED]`` on
+``BEGIN IMMEDIATE``): SQL functions append :func:`server.store._db.lock_clause` (``FOR UPDATE [SKIP LOCKED]`` on
 PostgreSQL, nothing on SQLite) where a read decides a write, and lease claims use
 ``FOR UPDATE SKIP LOCKED`` so concurrent nodes take disjoint rows.
 
@@ -41,6 +41,7 @@ from psycopg.adapt import Dumper
 from psycopg.pq import TransactionStatus
 from psycopg.rows import RowMaker
 
+from server.store._db import DIALECT
 from server.store.errors import (
     ConflictError,
     StoreClosedError,
@@ -49,11 +50,9 @@ from server.store.errors import (
 )
 
 __all__ = [
-    "DIALECT",
     "PgConnection",
     "PgPool",
     "PgRow",
-    "lock_clause",
     "map_pg_error",
     "translate",
     "translate_ddl",
@@ -61,8 +60,6 @@ __all__ = [
 
 LOGGER = logging.getLogger(__name__)
 
-#: The value of ``conn.dialect`` on a :class:`PgConnection` (a ``sqlite3.Connection`` has none).
-DIALECT: Final = "postgresql"
 #: How often a transaction function is run when PostgreSQL aborts it as a serialisation
 #: failure or deadlock victim (the caller sees the last error after that).
 TRANSIENT_RETRIES: Final = 4
@@ -73,11 +70,6 @@ RetT = TypeVar("RetT")
 ArgsT = TypeVarTuple("ArgsT")
 
 _TRANSIENT = (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected)
-
-
-def lock_clause(conn: object, clause: str = "FOR UPDATE") -> str:
-    """``" " + clause`` on PostgreSQL, ``""`` on SQLite (whose writers are already serialised)."""
-    return f" {clause}" if getattr(conn, "dialect", None) == DIALECT else ""
 
 
 # -- translation -------------------------------------------------------------------------------

@@ -25,6 +25,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from server.store._cluster import SQL_MIGRATION as _SQL_CLUSTER
+from server.store._db import is_postgres
 from server.store.errors import SchemaTooNewError, StoreError
 
 __all__ = ["LATEST_VERSION", "MIGRATIONS", "Migration", "apply_migrations", "schema_version"]
@@ -158,6 +160,7 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "users_and_api_tokens", _SQL_USERS_TOKENS),
     Migration(2, "conversations_and_segments", _SQL_CONVERSATIONS),
     Migration(3, "webhooks_outbox_and_delivery_log", _SQL_WEBHOOKS),
+    Migration(4, "nodes_live_sessions_and_tickets", _SQL_CLUSTER),
 )
 
 LATEST_VERSION: Final = MIGRATIONS[-1].version
@@ -173,13 +176,9 @@ _PG_LOCK: Final = (
 )
 
 
-def _on_postgres(conn: object) -> bool:
-    return getattr(conn, "dialect", None) == "postgresql"
-
-
 def schema_version(conn: sqlite3.Connection) -> int:
     """The database's schema version (``PRAGMA user_version`` on SQLite; 0 for a new database)."""
-    if _on_postgres(conn):
+    if is_postgres(conn):
         row = conn.execute("SELECT version FROM trioscribe_schema").fetchone()
         return int(row[0]) if row else 0
     row = conn.execute("PRAGMA user_version").fetchone()
@@ -189,13 +188,13 @@ def schema_version(conn: sqlite3.Connection) -> int:
 def _begin_exclusive(conn: sqlite3.Connection) -> None:
     """Open a transaction that no other migrating starter runs concurrently with."""
     conn.execute("BEGIN IMMEDIATE")
-    if _on_postgres(conn):
+    if is_postgres(conn):
         conn.execute(_PG_LOCK)
         conn.execute(_PG_VERSION_TABLE)
 
 
 def _set_version(conn: sqlite3.Connection, version: int) -> None:
-    if _on_postgres(conn):
+    if is_postgres(conn):
         conn.execute(
             "INSERT INTO trioscribe_schema (one, version) VALUES (1, ?)"
             " ON CONFLICT (one) DO UPDATE SET version = excluded.version",
@@ -227,7 +226,7 @@ def apply_migrations(conn: sqlite3.Connection, migrations: Sequence[Migration] =
 
 
 def _read_version(conn: sqlite3.Connection) -> int:
-    if not _on_postgres(conn):
+    if not is_postgres(conn):
         return schema_version(conn)
     _begin_exclusive(conn)  # creates the version table once, under the lock
     try:
@@ -261,7 +260,7 @@ def _apply_step(conn: sqlite3.Connection, step: Migration, latest: int) -> None:
 
 
 def _dialect_ddl(conn: sqlite3.Connection, statement: str) -> str:
-    if not _on_postgres(conn):
+    if not is_postgres(conn):
         return statement
     from server.store._pg import translate_ddl
 

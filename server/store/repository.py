@@ -172,6 +172,47 @@ class Store(Protocol):
         """Change user-editable fields; ``None`` if not the user's; ``ValidationError`` if bad."""
         ...
 
+    # -- nodes, live sessions and tickets (shared by every server process) -----------------
+
+    async def register_node(self, node_id: str, now: float) -> None:
+        """Insert (or revive) a server process's row."""
+        ...
+
+    async def heartbeat_node(self, node_id: str, now: float, ttl_s: float) -> int:
+        """Refresh a node's heartbeat; delete nodes silent for ``ttl_s``; return how many."""
+        ...
+
+    async def remove_node(self, node_id: str) -> None:
+        """Delete a node and its live sessions (clean shutdown)."""
+        ...
+
+    async def open_live_session(
+        self,
+        session_id: str,
+        node_id: str,
+        user_id: str,
+        *,
+        max_per_user: int,
+        now: float,
+        ttl_s: float,
+    ) -> bool:
+        """Admit a session unless the user has ``max_per_user`` on live nodes (any node)."""
+        ...
+
+    async def close_live_session(self, session_id: str) -> None:
+        """Forget a live session (idempotent)."""
+        ...
+
+    async def create_ticket(
+        self, ticket_hash: str, user_id: str, expires_at: float, now: float
+    ) -> None:
+        """Store a single-use ticket's hash until ``expires_at``."""
+        ...
+
+    async def redeem_ticket(self, ticket_hash: str, now: float) -> str | None:
+        """Consume a ticket (once, cluster-wide): its user id, or ``None``."""
+        ...
+
     def statistics(self) -> StoreStatistics:
         """A snapshot of the store's counters."""
         ...

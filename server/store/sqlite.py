@@ -26,7 +26,7 @@ from typing import Final, TypeVar, TypeVarTuple, Unpack, final
 import trio
 
 from lanes import LaneError, ThreadLane
-from server.store import _conversations as conv, _users as users
+from server.store import _cluster as cluster, _conversations as conv, _users as users
 from server.store._pool import ConnectionPool
 from server.store._tx import write_transaction
 from server.store._validate import (
@@ -293,6 +293,49 @@ class SqliteStore:
         """
         values = check_editable(fields)
         return await self._run(conv.update_conversation, user_id, conversation_id, values, now)
+
+    # -- nodes, live sessions and tickets (what several server processes share) -----------
+
+    async def register_node(self, node_id: str, now: float) -> None:
+        """Insert (or revive) a server process's row."""
+        await self._run(cluster.register_node, node_id, now)
+
+    async def heartbeat_node(self, node_id: str, now: float, ttl_s: float) -> int:
+        """Refresh a node's heartbeat; delete nodes silent for ``ttl_s``; return how many."""
+        return await self._run(cluster.heartbeat_node, node_id, now, ttl_s)
+
+    async def remove_node(self, node_id: str) -> None:
+        """Delete a node and its live sessions (clean shutdown)."""
+        await self._run(cluster.remove_node, node_id)
+
+    async def open_live_session(
+        self,
+        session_id: str,
+        node_id: str,
+        user_id: str,
+        *,
+        max_per_user: int,
+        now: float,
+        ttl_s: float,
+    ) -> bool:
+        """Admit a session unless the user has ``max_per_user`` on live nodes (any node)."""
+        return await self._run(
+            cluster.open_live_session, session_id, node_id, user_id, max_per_user, now, ttl_s
+        )
+
+    async def close_live_session(self, session_id: str) -> None:
+        """Forget a live session (idempotent)."""
+        await self._run(cluster.close_live_session, session_id)
+
+    async def create_ticket(
+        self, ticket_hash: str, user_id: str, expires_at: float, now: float
+    ) -> None:
+        """Store a single-use ticket's hash until ``expires_at``."""
+        await self._run(cluster.create_ticket, ticket_hash, user_id, expires_at, now)
+
+    async def redeem_ticket(self, ticket_hash: str, now: float) -> str | None:
+        """Consume a ticket (once, cluster-wide): its user id, or ``None``."""
+        return await self._run(cluster.redeem_ticket, ticket_hash, now)
 
     def statistics(self) -> StoreStatistics:
         """The lane's statistics and the store's counters."""

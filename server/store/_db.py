@@ -1,0 +1,53 @@
+"""The DB-API surface the store's SQL functions use, met by ``sqlite3`` and :class:`PgConnection`.
+
+A structural type, so the same synchronous SQL functions run on either backend's connection
+(see :mod:`server.store._pg` for how the shared SQL is translated for PostgreSQL).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any, Final, Protocol
+
+__all__ = ["DIALECT", "DbConnection", "DbCursor", "is_postgres", "lock_clause"]
+
+#: ``conn.dialect`` of a PostgreSQL connection (a ``sqlite3.Connection`` has no such attribute).
+DIALECT: Final = "postgresql"
+
+
+def is_postgres(conn: object) -> bool:
+    """Whether ``conn`` is a PostgreSQL connection (else SQLite)."""
+    return getattr(conn, "dialect", None) == DIALECT
+
+
+def lock_clause(conn: object, clause: str = "FOR UPDATE") -> str:
+    """``" " + clause`` on PostgreSQL, ``""`` on SQLite (whose writers are already serialised)."""
+    return f" {clause}" if is_postgres(conn) else ""
+
+
+class DbCursor(Protocol):
+    """A cursor: rows as ``sqlite3.Row``-like objects (index, name, ``keys()``)."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class DbConnection(Protocol):
+    """An autocommit connection with explicit transactions (``BEGIN`` ... ``commit()``)."""
+
+    def execute(self, sql: str, parameters: Any = ..., /) -> DbCursor: ...
+
+    def executemany(self, sql: str, parameters: Iterable[Any], /) -> DbCursor: ...
+
+    def commit(self) -> None: ...
+
+    def rollback(self) -> None: ...
+
+    @property
+    def in_transaction(self) -> bool: ...
