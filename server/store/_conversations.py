@@ -7,6 +7,7 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Final, cast
 
+from server.store._db import SKIP_LOCKED, lock_clause
 from server.store._paging import decode_cursor, encode_cursor
 from server.store._tx import new_id, read_transaction, write_transaction
 from server.store.errors import NotFoundError
@@ -168,7 +169,7 @@ def save_segments(
     first = started_at if started_at is not None else _first_speech(upserts, finished_at)
     with write_transaction(conn):
         if not conn.execute(
-            "SELECT 1 FROM conversations WHERE id = ?", (conversation_id,)
+            f"SELECT 1 FROM conversations WHERE id = ?{lock_clause(conn)}", (conversation_id,)
         ).fetchone():
             raise NotFoundError(f"no conversation {conversation_id!r}")
         conn.executemany(_UPSERT_SEGMENT, [_segment_values(row) for row in upserts])
@@ -188,7 +189,8 @@ def close_conversation(conn: sqlite3.Connection, conversation_id: str, now: floa
     """``in_progress`` -> ``processing`` (due now), or delete it if it has no segments."""
     with write_transaction(conn):
         row = conn.execute(
-            "SELECT status FROM conversations WHERE id = ?", (conversation_id,)
+            f"SELECT status FROM conversations WHERE id = ?{lock_clause(conn)}",
+            (conversation_id,),
         ).fetchone()
         if row is None:
             return "discarded"
@@ -234,7 +236,7 @@ def claim_for_processing(
             row["id"]
             for row in conn.execute(
                 "SELECT id FROM conversations WHERE status = 'processing' AND next_attempt_at <= ?"
-                " ORDER BY next_attempt_at, id LIMIT ?",
+                f" ORDER BY next_attempt_at, id LIMIT ?{lock_clause(conn, SKIP_LOCKED)}",
                 (now, limit),
             )
         ]

@@ -9,10 +9,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any, Final, Protocol
 
-__all__ = ["DIALECT", "DbConnection", "DbCursor", "is_postgres", "lock_clause"]
+__all__ = ["DIALECT", "SKIP_LOCKED", "DbConnection", "DbCursor", "is_postgres", "lock_clause"]
 
 #: ``conn.dialect`` of a PostgreSQL connection (a ``sqlite3.Connection`` has no such attribute).
 DIALECT: Final = "postgresql"
+#: The lease claims' lock: concurrent claimers (other nodes) skip each other's rows.
+SKIP_LOCKED: Final = "FOR UPDATE SKIP LOCKED"
 
 
 def is_postgres(conn: object) -> bool:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Final, cast
 
+from server.store._db import lock_clause
 from server.store._tx import new_id
 from server.webhooks.models import (
     Attempt,
@@ -54,6 +55,8 @@ _DELIVERY_COLUMNS: Final = (
     "id, endpoint_id, user_id, kind, message_id, status, attempts, next_attempt_at,"
     " last_status, last_error, created_at, updated_at, finished_at"
 )
+#: Concurrent claimers (other nodes) skip the deliveries another one is leasing (PostgreSQL).
+CLAIM_LOCK: Final = "FOR UPDATE OF d SKIP LOCKED"
 #: Columns a PATCH may change (names come from this allow-list only).
 UPDATABLE: Final = frozenset({"url", "interval_s", "enabled", "name", "kinds_json"})
 
@@ -167,7 +170,9 @@ def update_endpoint(
     assert set(values) <= UPDATABLE
     assignments = [f"{name} = :{name}" for name in values] + ["updated_at = :now"]
     if values.get("enabled") is not None:
-        assignments.append("disabled_reason = CASE WHEN :enabled THEN NULL ELSE 'disabled' END")
+        assignments.append(
+            "disabled_reason = CASE WHEN :enabled <> 0 THEN NULL ELSE 'disabled' END"
+        )
     conn.execute(
         f"UPDATE webhook_endpoints SET {', '.join(assignments)}"
         " WHERE id = :id AND user_id = :user_id AND owner_kind = :owner_kind",
@@ -291,7 +296,7 @@ def claim_due(
         " e.enabled AS endpoint_enabled FROM webhook_deliveries d"
         " JOIN webhook_endpoints e ON e.id = d.endpoint_id"
         " WHERE d.status = 'pending' AND d.next_attempt_at <= ?"
-        " ORDER BY d.next_attempt_at, d.id LIMIT ?",
+        f" ORDER BY d.next_attempt_at, d.id LIMIT ?{lock_clause(conn, CLAIM_LOCK)}",
         (now, limit),
     ).fetchall()
     claimed: list[DueDelivery] = []
@@ -334,8 +339,10 @@ def record_attempt(
     ``disable_reason`` also disables the delivery's endpoint (410 Gone).
     """
     conn.execute(
-        "INSERT OR REPLACE INTO webhook_attempts"
-        " (delivery_id, attempt, started_at, duration_s, status, error) VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO webhook_attempts"
+        " (delivery_id, attempt, started_at, duration_s, status, error) VALUES (?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (delivery_id, attempt) DO UPDATE SET started_at = excluded.started_at,"
+        " duration_s = excluded.duration_s, status = excluded.status, error = excluded.error",
         (delivery_id, attempt.attempt, attempt.started_at, attempt.duration_s, attempt.status,
          attempt.error),
     )  # fmt: skip
