@@ -26,6 +26,7 @@ import os
 import random
 import re
 import sys
+import time
 import wave
 import zlib
 from collections.abc import Mapping, Sequence
@@ -46,6 +47,7 @@ from trio_websocket import (
 from wsproto.utilities import LocalProtocolError
 
 from bench._stats import LatencySummary, summarise
+from bench.fastload import run_raw_sessions
 
 __all__ = [
     "LoadConfig",
@@ -63,6 +65,7 @@ __all__ = [
 
 SEG_TOKEN: Final = re.compile(r"\bseg(\d+) ([0-9a-f]{8})\b")
 PCM_CODECS: Final = frozenset({"pcm8", "pcm16"})
+CLIENTS: Final = frozenset({"raw", "trio-websocket"})
 #: A frame sent later than this behind its schedule counts as late (the generator is saturated).
 LATE_FRAME_S: Final = 0.05
 #: Spreads fixture start offsets between sessions (a prime number of samples).
@@ -115,6 +118,8 @@ class LoadConfig:
         server_pid: sample this process's RSS, threads and CPU from /proc.
         stats_url: poll this loopback JSON endpoint (``loop_lag`` is extracted).
         processes: spread the sessions over this many worker processes (1: this process).
+        client: ``raw`` (default: pre-encoded frames from one ticker, ``bench.fastload``) or
+            ``trio-websocket`` (one connection object and task per session, the old driver).
     """
 
     url: str
@@ -138,6 +143,7 @@ class LoadConfig:
     sample_interval_s: float = 1.0
     extra_query: tuple[tuple[str, str], ...] = ()
     processes: int = 1
+    client: str = "raw"
 
     def __post_init__(self) -> None:
         check_loopback(self.url)
@@ -147,6 +153,8 @@ class LoadConfig:
             raise ValueError("need sessions >= 1, duration_s >= 1 and at least one token")
         if self.processes < 1:
             raise ValueError("processes must be >= 1")
+        if self.client not in CLIENTS:
+            raise ValueError(f"client must be one of {sorted(CLIENTS)}")
         if self.codec not in PCM_CODECS:
             raise ValueError(f"codec must be one of {sorted(PCM_CODECS)}")
         if 1000 % self.frame_ms or self.bytes_per_second * self.frame_ms % 1000:
@@ -519,6 +527,8 @@ class LoadResult:
     loop_lag_p99_max_s: float | None
     loop_lag_max_s: float | None
     stats: Mapping[str, Any] | None
+    #: CPU seconds the generator itself used (all its processes): compare with ``server.cpu_s``.
+    generator_cpu_s: float = 0.0
     #: token text ("segN crc") -> send time of its last frame, to join webhook deliveries.
     token_sent_at: Mapping[str, float] = field(repr=False, default_factory=dict)
 
@@ -571,7 +581,7 @@ class SessionSummary:
 
 def _aggregate(
     config: LoadConfig, sessions: Sequence[SessionSummary], sampler: _Sampler, wall_s: float,
-    truncated: bool, token_sent_at: Mapping[str, float],
+    truncated: bool, token_sent_at: Mapping[str, float], generator_cpu_s: float,
 ) -> LoadResult:  # fmt: skip
     failed: dict[str, int] = {}
     events: dict[str, int] = {}
@@ -608,6 +618,7 @@ def _aggregate(
         loop_lag_p99_max_s=sampler.lag_p99_max_s if has_lag else None,
         loop_lag_max_s=sampler.lag_max_s if has_lag else None,
         stats=sampler.stats,
+        generator_cpu_s=round(generator_cpu_s, 3),
         token_sent_at=token_sent_at,
     )
 
@@ -615,6 +626,9 @@ def _aggregate(
 async def _run_local(config: LoadConfig, records: Sequence[SessionRecord]) -> None:
     """Run ``records``' sessions in this process; session ``i`` starts at ``i`` ramp steps."""
     fixture = load_fixture(config.fixture, config.sample_rate) if config.fixture else None
+    if config.client == "raw":
+        await run_raw_sessions(config, records, fixture)
+        return
     start = trio.current_time()
     step = config.ramp_s / config.sessions
     async with trio.open_nursery() as session_nursery:
@@ -638,7 +652,7 @@ def _config_from_json(text: str) -> LoadConfig:
 
 
 async def _run_worker_process(
-    config: LoadConfig, worker: int, out: list[SessionSummary], cut: list[bool]
+    config: LoadConfig, worker: int, out: list[SessionSummary], cut: list[bool], cpu: list[float]
 ) -> None:
     """One ``python -m bench.loadgen worker`` process running every ``processes``-th session."""
     worker_config = replace(config, max_total_s=max(1.0, config.max_total_s - WORKER_MARGIN_S),
@@ -652,16 +666,18 @@ async def _run_worker_process(
         cut.append(True)
         return
     cut.append(bool(report["truncated"]))
+    cpu.append(float(report["cpu_s"]))
     out.extend(SessionSummary.from_json(one) for one in report["sessions"])
 
 
-async def _run_workers(config: LoadConfig) -> tuple[list[SessionSummary], bool]:
+async def _run_workers(config: LoadConfig) -> tuple[list[SessionSummary], bool, float]:
     out: list[SessionSummary] = []
     cut: list[bool] = []
+    cpu: list[float] = []
     async with trio.open_nursery() as worker_nursery:
         for worker in range(config.processes):
-            worker_nursery.start_soon(_run_worker_process, config, worker, out, cut)
-    return out, any(cut) or len(cut) < config.processes
+            worker_nursery.start_soon(_run_worker_process, config, worker, out, cut, cpu)
+    return out, any(cut) or len(cut) < config.processes, sum(cpu)
 
 
 async def run_listen_load(config: LoadConfig) -> LoadResult:
@@ -674,32 +690,37 @@ async def run_listen_load(config: LoadConfig) -> LoadResult:
     records = [SessionRecord(i) for i in range(config.sessions)]
     sampler = _Sampler(config)
     start = trio.current_time()
+    cpu_start = time.process_time()
     summaries: list[SessionSummary] | None = None
     truncated = True
+    workers_cpu_s = 0.0
     with trio.move_on_after(config.max_total_s):
         async with trio.open_nursery() as run_nursery:
             run_nursery.start_soon(sampler.run)
             if config.processes > 1:
-                summaries, truncated = await _run_workers(config)
+                summaries, truncated, workers_cpu_s = await _run_workers(config)
             else:
                 await _run_local(config, records)
                 truncated = False
             run_nursery.cancel_scope.cancel()
     wall_s = trio.current_time() - start
+    cpu_s = time.process_time() - cpu_start + workers_cpu_s
     if summaries is not None:
-        return _aggregate(config, summaries, sampler, wall_s, truncated, {})
+        return _aggregate(config, summaries, sampler, wall_s, truncated, {}, cpu_s)
     token_sent_at = {r.expected[k]: t for r in records for k, t in r.last_frame_at.items()}
     sessions = [SessionSummary.of(r) for r in records]
-    return _aggregate(config, sessions, sampler, wall_s, truncated, token_sent_at)
+    return _aggregate(config, sessions, sampler, wall_s, truncated, token_sent_at, cpu_s)
 
 
 async def _worker_main(config: LoadConfig, worker: int, processes: int) -> dict[str, Any]:
     records = [SessionRecord(i) for i in range(worker, config.sessions, processes)]
     truncated = True
+    cpu_start = time.process_time()
     with trio.move_on_after(config.max_total_s):
         await _run_local(config, records)
         truncated = False
-    return {"truncated": truncated, "sessions": [asdict(SessionSummary.of(r)) for r in records]}
+    return {"truncated": truncated, "cpu_s": time.process_time() - cpu_start,
+            "sessions": [asdict(SessionSummary.of(r)) for r in records]}  # fmt: skip
 
 
 async def find_max_sessions(
@@ -752,7 +773,9 @@ def format_table(result: LoadResult) -> str:
         ("send lag max", f"{_ms(result.send_lag_max_s)} ({result.late_frames} late frames)"),
         ("events", ", ".join(f"{k}: {v}" for k, v in sorted(result.events.items())) or "none"),
         ("wall", f"{result.wall_s:.1f} s{' (TRUNCATED)' if result.truncated else ''}"),
-    ]
+        ("generator cpu", f"{result.generator_cpu_s:.2f} s"
+                          f"{' (GENERATOR-BOUND: late frames)' if result.late_frames else ''}"),
+    ]  # fmt: skip
     if result.server is not None:
         srv = result.server
         rows.append(("server rss max", f"{srv.rss_max_bytes / 2**20:.1f} MiB"))
@@ -785,6 +808,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stats-token", default=None)
     p.add_argument("--query", action="append", default=[], help="extra key=value parameter")
     p.add_argument("--processes", type=int, default=1, help="load generator processes")
+    p.add_argument("--client", choices=sorted(CLIENTS), default="raw",
+                   help="session driver (default: %(default)s, see bench/fastload.py)")  # fmt: skip
     p.add_argument("--find-max", action="store_true", help="grow --steps until p99 >= limit")
     p.add_argument("--steps", default=",".join(map(str, DEFAULT_STEPS)))
     p.add_argument("--p99-limit", type=float, default=0.2, help="seconds")
@@ -801,6 +826,7 @@ def _config(args: argparse.Namespace) -> LoadConfig:
         fixture=args.fixture, seed=args.seed, grace_s=args.grace, hold_s=args.hold,
         max_total_s=args.max_total, server_pid=args.pid, stats_url=args.stats_url,
         stats_token=args.stats_token, extra_query=query, processes=args.processes,
+        client=args.client,
     )  # fmt: skip
 
 

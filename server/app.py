@@ -102,7 +102,7 @@ def _install_error_handlers(app: Quart) -> None:
 
 def create_quart_app(ctx: AppContext) -> QuartTrio:
     """Build the quart-trio app for ``ctx`` (routes, error mapping, limits). No I/O."""
-    from server.routes import admin, api, health
+    from server.routes import admin, api, health, omi
 
     app = QuartTrio("trioscribe")
     app.config["MAX_CONTENT_LENGTH"] = ctx.settings.http_max_body_bytes
@@ -112,6 +112,7 @@ def create_quart_app(ctx: AppContext) -> QuartTrio:
     _install_error_handlers(app)
     app.register_blueprint(health.blueprint)
     app.register_blueprint(api.blueprint)
+    app.register_blueprint(omi.blueprint)
     app.register_blueprint(admin.blueprint)
     for blueprint in ctx.blueprints:
         app.register_blueprint(blueprint)

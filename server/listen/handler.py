@@ -25,7 +25,12 @@ from server.context import AppContext
 from server.listen.codecs import SUPPORTED_CODECS, make_decoder
 from server.listen.conversation import ConversationTracker
 from server.listen.hooks import RealtimeHooks
-from server.listen.params import ListenParams, ParamError, parse_listen_params
+from server.listen.params import (
+    ListenParams,
+    ParamError,
+    note_stt_preference,
+    parse_listen_params,
+)
 from server.listen.registry import AdmissionError, SessionRegistry
 from server.listen.session import ListenSession, SessionConfig
 from server.listen.vad import VadGate
@@ -90,8 +95,7 @@ def _params(ctx: AppContext, deps: ListenDeps, query: Mapping[str, str]) -> List
         )
     except ParamError as exc:
         raise _Refused(exc.code, exc.reason) from exc
-    if params.stt_service not in (None, deps.provider.name):
-        raise _Refused(1008, f"stt_service {params.stt_service[:20]!r} is not configured here")
+    note_stt_preference(params.stt_service, deps.provider.name)
     return params
 
 

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["ListenParams", "ParamError", "parse_listen_params"]
+__all__ = ["ListenParams", "ParamError", "note_stt_preference", "parse_listen_params"]
+
+LOGGER = logging.getLogger(__name__)
 
 #: Omi raises shorter conversation timeouts to 120 s and maps -1 to 4 h.
 MIN_CONVERSATION_TIMEOUT_S: Final = 120.0
 MAX_CONVERSATION_TIMEOUT_S: Final = 4 * 3600.0
 MAX_LANGUAGE_CHARS: Final = 16
+#: Distinct unknown ``stt_service`` values logged once each; beyond this they are not logged.
+MAX_LOGGED_STT_SERVICES: Final = 64
+MAX_STT_SERVICE_CHARS: Final = 40
 SOURCES: Final = frozenset(
     {
         "omi",
@@ -119,4 +125,25 @@ def parse_listen_params(
         conversation_timeout_s=_timeout(query, default_timeout_s),
         source=source,
         stt_service=query.get("stt_service") or None,
+    )
+
+
+_logged_stt_services: set[str] = set()
+
+
+def note_stt_preference(stt_service: str | None, provider: str) -> None:
+    """``stt_service`` is the client's preference only (Omi's app always sends its favourite,
+    e.g. ``soniox``): the configured provider serves every session. A value other than the
+    provider's name is logged once per distinct value (at most :data:`MAX_LOGGED_STT_SERVICES`
+    values, each cut to :data:`MAX_STT_SERVICE_CHARS` characters, so a client cannot flood the
+    log or grow this set without bound).
+    """
+    if stt_service is None or stt_service == provider:
+        return
+    value = stt_service[:MAX_STT_SERVICE_CHARS]
+    if value in _logged_stt_services or len(_logged_stt_services) >= MAX_LOGGED_STT_SERVICES:
+        return
+    _logged_stt_services.add(value)
+    LOGGER.info(
+        "stt_service=%r requested; serving with the configured %r provider", value, provider
     )

@@ -44,6 +44,10 @@ class LiveSession(Protocol):
         """Ask the session to flush and close 1001 (server shutdown)."""
         ...
 
+    def request_conversation_end(self) -> trio.Event:
+        """Ask the session to end its conversation now; the event is set once it is closed."""
+        ...
+
     def counters(self) -> dict[str, int]:
         """Cumulative per-session counters (frames, bad frames, VAD bytes, ...)."""
         ...

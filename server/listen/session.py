@@ -115,6 +115,8 @@ class ListenSession:
         self._cause: CloseCause | None = None
         self._last_client_data = trio.current_time()
         self._audio_origin_wall: float | None = None
+        self._end_requested = trio.Event()
+        self._conversation_ended = trio.Event()
         self.frames = 0
         self.keepalives = 0
         self.bad_frames = 0
@@ -155,6 +157,14 @@ class ListenSession:
     def request_drain(self) -> None:
         """Stop taking audio, flush, and close 1001."""
         self.end(DRAINING)
+
+    def request_conversation_end(self) -> trio.Event:
+        """End the current conversation now, as its timeout would (Omi's ``POST
+        /v1/conversations``). The lifecycle task does it; the returned event is set once the
+        conversation is closed. Not set if the session ends first (its conversation then stays
+        in progress for the caller to close)."""
+        self._end_requested.set()
+        return self._conversation_ended
 
     def end(self, cause: CloseCause) -> None:
         """Stop the receive loop; the first cause given wins."""
@@ -329,12 +339,17 @@ class ListenSession:
         while True:
             deadline = self.tracker.deadline_wall()
             wait = LIFECYCLE_TICK_S if deadline is None else deadline - wall_now()
-            if wait > 0:
-                await trio.sleep(
-                    min(wait, LIFECYCLE_TICK_S) if math.isfinite(wait) else LIFECYCLE_TICK_S
-                )
+            if wait > 0 and not self._end_requested.is_set():
+                tick = min(wait, LIFECYCLE_TICK_S) if math.isfinite(wait) else LIFECYCLE_TICK_S
+                with trio.move_on_after(tick):
+                    await self._end_requested.wait()
                 continue
+            ended, requested = self._conversation_ended, self._end_requested.is_set()
+            if requested:
+                self._end_requested, self._conversation_ended = trio.Event(), trio.Event()
             await self.tracker.roll_over(wall_now())
+            if requested:
+                ended.set()
 
     async def _persister(self) -> None:
         while True:

@@ -5,6 +5,7 @@ Handlers depend on :class:`Store`; :func:`open_sqlite_store` owns the SQLite imp
 adding schema steps).
 """
 
+from server.store._validate import MAX_OFFSET as MAX_OFFSET
 from server.store.errors import (
     ConflictError as ConflictError,
     NotFoundError as NotFoundError,
@@ -26,6 +27,7 @@ from server.store.models import (
     CloseOutcome as CloseOutcome,
     Conversation as Conversation,
     ConversationStatus as ConversationStatus,
+    ListQuery as ListQuery,
     Page as Page,
     SegmentRow as SegmentRow,
     StoreStatistics as StoreStatistics,
@@ -47,6 +49,8 @@ __all__ = [
     "ConversationStatus",
     "DB_FILENAME",
     "LATEST_VERSION",
+    "MAX_OFFSET",
+    "ListQuery",
     "MIGRATIONS",
     "Migration",
     "NotFoundError",

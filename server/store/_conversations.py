@@ -15,6 +15,7 @@ from server.store.models import (
     CloseOutcome,
     Conversation,
     ConversationStatus,
+    ListQuery,
     Page,
     SegmentRow,
 )
@@ -305,38 +306,66 @@ def reschedule_processing(
 
 
 def list_conversations(
-    conn: sqlite3.Connection,
-    user_id: str,
-    status: str | None,
-    since: float | None,
-    until: float | None,
-    cursor: str | None,
-    limit: int,
+    conn: sqlite3.Connection, user_id: str, query: ListQuery, cursor: str | None, limit: int
 ) -> Page:
-    """The user's conversations, newest first, ``limit`` per page (keyset on created_at, id)."""
-    clauses: list[str] = ["user_id = ?"]
-    params: list[object] = [user_id]
-    if status is not None:
-        clauses.append("status = ?")
-        params.append(status)
-    if since is not None:
-        clauses.append("created_at >= ?")
-        params.append(since)
-    if until is not None:
-        clauses.append("created_at < ?")
-        params.append(until)
+    """The user's conversations, newest first, ``limit`` per page (keyset on created_at, id).
+
+    ``query.offset`` rows are skipped after the cursor's position (Omi's offset paging).
+    With ``query.with_segments`` the page is read in one transaction with its segments.
+    """
+    clauses, params = _list_clauses(user_id, query)
     if cursor is not None:
         after_time, after_id = decode_cursor(cursor)
         clauses.append("(created_at < ? OR (created_at = ? AND id < ?))")
         params.extend([after_time, after_time, after_id])
-    rows = conn.execute(
-        f"SELECT {_COLUMNS} FROM conversations WHERE {' AND '.join(clauses)}"
-        " ORDER BY created_at DESC, id DESC LIMIT ?",
-        (*params, limit + 1),
-    ).fetchall()
-    items = tuple(_conversation(row) for row in rows[:limit])
+    with read_transaction(conn):
+        rows = conn.execute(
+            f"SELECT {_COLUMNS} FROM conversations WHERE {' AND '.join(clauses)}"
+            " ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
+            (*params, limit + 1, query.offset),
+        ).fetchall()
+        segments = _segments_of(conn, [row["id"] for row in rows[:limit]], query.with_segments)
+    items = tuple(_conversation(row, segments.get(row["id"], ())) for row in rows[:limit])
     more = len(rows) > limit
     return Page(items, encode_cursor(items[-1].created_at, items[-1].id) if more else None)
+
+
+def _list_clauses(user_id: str, query: ListQuery) -> tuple[list[str], list[object]]:
+    clauses: list[str] = ["user_id = ?"]
+    params: list[object] = [user_id]
+    if query.statuses is not None:
+        clauses.append(f"status IN ({', '.join('?' * len(query.statuses))})")
+        params.extend(sorted(query.statuses))
+    if query.since is not None:
+        clauses.append("created_at >= ?")
+        params.append(query.since)
+    if query.until is not None:
+        clauses.append("created_at < ?")
+        params.append(query.until)
+    if not query.include_discarded:
+        clauses.append("discarded = 0")
+    if query.starred is not None:
+        clauses.append("starred = ?")
+        params.append(int(query.starred))
+    return clauses, params
+
+
+def _segments_of(
+    conn: sqlite3.Connection, ids: Sequence[str], wanted: bool
+) -> dict[str, tuple[SegmentRow, ...]]:
+    """The segments of every conversation in ``ids`` (one query), in transcript order."""
+    if not wanted or not ids:
+        return {}
+    grouped: dict[str, list[SegmentRow]] = {cid: [] for cid in ids}
+    rows = conn.execute(
+        f"SELECT {_SEGMENT_COLUMNS} FROM transcript_segments"
+        f" WHERE conversation_id IN ({', '.join('?' * len(ids))})"
+        " ORDER BY conversation_id, idx, start_s, id",
+        tuple(ids),
+    )
+    for row in rows:
+        grouped[row["conversation_id"]].append(_segment(row))
+    return {cid: tuple(rows_of) for cid, rows_of in grouped.items()}
 
 
 def get_conversation(

@@ -16,6 +16,7 @@ __all__ = [
     "CloseOutcome",
     "Conversation",
     "ConversationStatus",
+    "ListQuery",
     "Page",
     "SegmentRow",
     "StoreStatistics",
@@ -122,6 +123,22 @@ class Conversation:
     processing_attempts: int = 0
     next_attempt_at: float | None = None
     segments: tuple[SegmentRow, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ListQuery:
+    """Filters of a conversation list (built by the store from its keyword arguments).
+
+    ``statuses``: ``None`` for any status. ``since <= created_at < until``.
+    """
+
+    statuses: frozenset[str] | None = None
+    since: float | None = None
+    until: float | None = None
+    include_discarded: bool = True
+    starred: bool | None = None
+    offset: int = 0
+    with_segments: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ Errors: :class:`~server.store.errors.StoreError` and its subclasses; the storage
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Protocol
 
 from server.store.models import (
@@ -143,12 +143,20 @@ class Store(Protocol):
         user_id: str,
         *,
         status: str | None = None,
+        statuses: Collection[str] | None = None,
         since: float | None = None,
         until: float | None = None,
+        include_discarded: bool = True,
+        starred: bool | None = None,
         cursor: str | None = None,
+        offset: int = 0,
         limit: int = 20,
+        with_segments: bool = False,
     ) -> Page:
-        """The user's conversations newest first (keyset pagination, no segments)."""
+        """The user's conversations newest first (keyset pagination; ``offset`` rows skipped
+        after the cursor). ``status`` and ``statuses`` both filter (a status must be in both);
+        ``since <= created_at < until``; discarded ones only with ``include_discarded``;
+        ``starred`` filters when given; segments only ``with_segments``."""
         ...
 
     async def get_conversation(

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Final, TypeVar, TypeVarTuple, Unpack, final
@@ -40,6 +40,7 @@ from server.store.migrations import MIGRATIONS, apply_migrations
 from server.store.models import (
     CloseOutcome,
     Conversation,
+    ListQuery,
     Page,
     SegmentRow,
     StoreStatistics,
@@ -243,23 +244,43 @@ class SqliteStore:
         user_id: str,
         *,
         status: str | None = None,
+        statuses: Collection[str] | None = None,
         since: float | None = None,
         until: float | None = None,
+        include_discarded: bool = True,
+        starred: bool | None = None,
         cursor: str | None = None,
+        offset: int = 0,
         limit: int = 20,
+        with_segments: bool = False,
     ) -> Page:
-        """The user's conversations, newest first (``created_at``, then ``id``), no segments.
+        """The user's conversations, newest first (``created_at``, then ``id``).
 
         ``since <= created_at < until``. ``cursor`` is a page's ``next_cursor``: keyset
-        pagination, so pages stay stable while new conversations are created.
+        pagination, so pages stay stable while new conversations are created; ``offset`` rows
+        after the cursor's position are skipped (Omi's offset paging). ``status`` and
+        ``statuses`` both filter. Segments are read (in the same transaction) only
+        ``with_segments``.
 
         Raises:
-            ValidationError: bad ``status``, ``limit`` (1..1000), time bound or ``cursor``.
+            ValidationError: bad status, ``limit`` (1..1000), ``offset``, time bound or
+                ``cursor``.
         """
-        check_list_args(status, since, until, limit)
-        return await self._run(
-            conv.list_conversations, user_id, status, since, until, cursor, limit
+        query = ListQuery(
+            statuses=_statuses(status, statuses),
+            since=since,
+            until=until,
+            include_discarded=include_discarded,
+            starred=starred,
+            offset=offset,
+            with_segments=with_segments,
         )
+        asked = [*([status] if status is not None else []), *(statuses or ())]
+        check_list_args(asked, since, until, limit, offset)
+        if query.statuses == frozenset():  # no status is in both filters
+            await trio.lowlevel.checkpoint()
+            return Page((), None)
+        return await self._run(conv.list_conversations, user_id, query, cursor, limit)
 
     async def get_conversation(
         self, user_id: str, conversation_id: str, *, with_segments: bool = True
@@ -282,8 +303,9 @@ class SqliteStore:
         """Change user-editable fields and return the conversation (with segments).
 
         Editable: ``title``, ``overview``, ``emoji``, ``category`` (strings), ``starred``,
-        ``discarded`` (booleans), ``visibility`` (``private`` | ``shared`` | ``public``).
-        ``now`` (optional) moves ``updated_at``.
+        ``discarded`` (booleans), ``visibility`` (``private`` | ``shared`` | ``public``),
+        ``structured`` (a JSON object, replacing the summary). ``now`` (optional) moves
+        ``updated_at``.
 
         Returns:
             ``None`` if the user has no such conversation.
@@ -400,3 +422,12 @@ async def _close(lane: ThreadLane, pool: ConnectionPool, own_lane: bool) -> None
         await fallback.aclose()
     if own_lane:
         await lane.aclose()
+
+
+def _statuses(status: str | None, statuses: Collection[str] | None) -> frozenset[str] | None:
+    """The statuses both filters allow (``None``: any)."""
+    if status is None:
+        return None if statuses is None else frozenset(statuses)
+    if statuses is None:
+        return frozenset({status})
+    return frozenset({status}) & frozenset(statuses)

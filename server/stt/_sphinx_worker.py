@@ -212,9 +212,15 @@ class SphinxSession:
         return round(self._utt_start_s, 3), round(self._speech_pos_s, 3)
 
     def _words(self) -> tuple[Word, ...]:
+        """The ended utterance's words in stream seconds; none when it had no hypothesis.
+
+        ``Decoder.seg()`` returns ``None`` (not an empty iterator) for an utterance that decoded
+        to nothing, e.g. the endpointer's silent tail after a VAD pause already finalized the
+        words before it.
+        """
         start = self._utt_start_s
         words = []
-        for seg in self._decoder.seg():
+        for seg in self._decoder.seg() or ():
             token = _ALTERNATE.sub("", seg.word)
             if token.startswith(("<", "[", "+")) or not token:
                 continue

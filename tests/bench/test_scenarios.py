@@ -48,9 +48,9 @@ async def test_p3_and_p4_against_trioscribe() -> None:
     assert soak["rss_last_cycle_bytes"] > 0
 
 
-def _run(sessions: int, p99_s: float, lost: int = 0) -> dict[str, Any]:
+def _run(sessions: int, p99_s: float, lost: int = 0, late: int = 0) -> dict[str, Any]:
     return {"sessions": sessions, "succeeded": sessions, "truncated": False, "lost": lost,
-            "mismatched": 0, "late_frames": 0, "failed": {},
+            "mismatched": 0, "late_frames": late, "failed": {},
             "latency": {"count": 10, "p50_s": p99_s / 2, "p95_s": p99_s, "p99_s": p99_s,
                         "max_s": p99_s}}  # fmt: skip
 
@@ -62,23 +62,37 @@ def test_best_under_stops_at_the_first_failing_step() -> None:
     assert best_under([_run(10, 0.1, lost=1)], 1.0) == 0
 
 
+def test_a_generator_bound_step_never_decides_a_figure() -> None:
+    runs = [_run(10, 0.1), _run(20, 0.1, late=1), _run(40, 0.1)]
+    assert best_under(runs, 1.0) == 10
+
+
 def test_report_from_a_tiny_fixture(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     p1 = {"meta": {"quick": True, "wall_s": 1.0, "at": "now"}, "steps": [10, 20]}
     p1["trioscribe"] = {"runs": [_run(10, 0.05), _run(20, 0.1)], "max_sessions_p99_200ms": 20,
-                        "max_sessions_p99_1s": 20, "generator_late_frames": 0}  # fmt: skip
-    p1["baseline"] = {"runs": [_run(10, 0.7), _run(20, 2.0)], "max_sessions_p99_200ms": 0,
-                      "max_sessions_p99_1s": 10, "generator_late_frames": 0}  # fmt: skip
+                        "max_sessions_p99_1s": 20, "generator_late_frames": 0,
+                        "cpu": {"server_cpu_per_session_s": 0.01}}  # fmt: skip
+    p1["baseline"] = {
+        "runs": [_run(10, 0.7), _run(20, 2.0)],
+        "max_sessions_p99_200ms": 0,
+        "max_sessions_p99_1s": 10,
+        "generator_late_frames": 0,
+        "cpu": {"server_cpu_per_session_s": 0.02},
+        "generator_bound_steps": [20],
+    }
     p3 = {"trioscribe": {"exit_s": 1.0, "conversations_lost": 0, "connected": 5},
           "baseline": {"exit_s": 0.5, "conversations_lost": 2, "connected": 5}}  # fmt: skip
     (tmp_path / "P1.json").write_text(json.dumps(p1))
     (tmp_path / "P3.json").write_text(json.dumps(p3))
     assert set(load_results(tmp_path)) == {"P1", "P3"}
     text = write_report(tmp_path)
-    assert "| P1 | max sessions, p99 < 1 s (baseline's reachable limit) | 20 | 10 | 2.00x |" in text
+    assert "| P1 | max sessions, p99 frame->segment < 1 s | 20 | 10 | 2.00x |" in text
+    assert "| P1 | server CPU-s per session-second (common load) | 0.01 | 0.02 | 0.50x |" in text
+    assert "- P1 baseline: generator-bound at [20] sessions" in text
     assert "| P3 | time from SIGTERM to exit, s | 1 | 0.50 | 2.00x | lower |" in text
     assert "Not run (no JSON): P2, P4, STT." in text
-    assert "- P1 baseline at 200 ms: impossible by design" in text
+    assert "- (1) P1 baseline at 200 ms: impossible by design" in text
     assert (tmp_path / "report.md").read_text() == text
     assert (tmp_path / "p1_sessions_vs_p99.png").stat().st_size > 1000
     assert (tmp_path / "latency_percentiles.png").exists()

@@ -21,6 +21,9 @@ def _error(response: httpx.Response) -> dict[str, str]:
     return body["error"]  # type: ignore[no-any-return]
 
 
+ALL = "statuses=in_progress,processing,completed,failed"
+
+
 async def _conversation(
     server: ServerHandle, user: str, *, now: float, status: str = "in_progress", title: str = ""
 ) -> str:
@@ -163,14 +166,16 @@ async def test_users_never_see_each_others_conversations(
         bob = await create_user_token(client, "bob")
         mine = await _conversation(server, "alice", now=1_000.0)
         theirs = await _conversation(server, "bob", now=1_001.0)
-        listed = (await client.get("/v1/conversations", headers=auth(alice))).json()
+        listed = (
+            await client.get("/v1/conversations?statuses=in_progress", headers=auth(alice))
+        ).json()
         get_other = await client.get(f"/v1/conversations/{theirs}", headers=auth(alice))
         patch_other = await client.patch(
             f"/v1/conversations/{theirs}", json={"title": "x"}, headers=auth(alice)
         )
         delete_other = await client.delete(f"/v1/conversations/{theirs}", headers=auth(alice))
         still_there = await client.get(f"/v1/conversations/{theirs}", headers=auth(bob))
-    assert [c["id"] for c in listed["conversations"]] == [mine]
+    assert [c["id"] for c in listed] == [mine]
     assert {get_other.status_code, patch_other.status_code, delete_other.status_code} == {404}
     assert still_there.status_code == 200
     assert still_there.json()["transcript_segments"][0]["text"] == "hello from bob"
@@ -191,23 +196,26 @@ async def test_pagination_newest_first_with_filters(
             for i in range(5)
         ]
         seen: list[str] = []
+        links: list[str] = []
         cursor = None
         while True:
-            query = "/v1/conversations?limit=2" + (f"&cursor={cursor}" if cursor else "")
-            page = (await client.get(query, headers=auth(token))).json()
-            seen += [c["id"] for c in page["conversations"]]
-            cursor = page["next_cursor"]
+            query = f"/v1/conversations?limit=2&{ALL}" + (f"&cursor={cursor}" if cursor else "")
+            page = await client.get(query, headers=auth(token))
+            seen += [c["id"] for c in page.json()]
+            cursor = page.headers.get("x-next-cursor")
             if cursor is None:
                 break
+            links.append(page.headers["link"])
         processing = (
             await client.get("/v1/conversations?status=processing", headers=auth(token))
         ).json()
         window = (
-            await client.get("/v1/conversations?since=1150&until=1350", headers=auth(token))
+            await client.get(f"/v1/conversations?since=1150&until=1350&{ALL}", headers=auth(token))
         ).json()
     assert seen == list(reversed(ids))
-    assert [c["id"] for c in processing["conversations"]] == [ids[3], ids[1]]
-    assert {c["id"] for c in window["conversations"]} == {ids[2], ids[3]}
+    assert len(links) == 2 and links[0].endswith('>; rel="next"') and "cursor=" in links[0]
+    assert [c["id"] for c in processing] == [ids[3], ids[1]]
+    assert {c["id"] for c in window} == {ids[2], ids[3]}
 
 
 async def test_get_patch_delete_round_trip(server: ServerHandle, client: httpx.AsyncClient) -> None:

@@ -40,8 +40,11 @@ async def _setup(
 
 async def _conversations(server: ServerHandle, token: str) -> list[dict[str, object]]:
     async with httpx.AsyncClient(base_url=server.url) as client:
-        response = await client.get("/v1/conversations", headers=auth(token))
-        return list(response.json()["conversations"])
+        response = await client.get(
+            "/v1/conversations?statuses=in_progress,processing,completed,failed",
+            headers=auth(token),
+        )
+        return list(response.json())
 
 
 def _ready(received: Received) -> bool:

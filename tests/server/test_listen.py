@@ -53,8 +53,8 @@ async def test_streams_segments_back_in_order_and_persists_them(server: ServerHa
                 await ws.send_message(frame)
             await read_until(ws, received, lambda r: r.has("seg2 "))
         async with httpx.AsyncClient(base_url=server.url) as client:
-            listed = (await client.get("/v1/conversations", headers=auth(token))).json()
-            cid = listed["conversations"][0]["id"]
+            listed = await client.get("/v1/conversations?statuses=in_progress", headers=auth(token))
+            cid = listed.json()[0]["id"]
             stored = (await client.get(f"/v1/conversations/{cid}", headers=auth(token))).json()
     statuses = [e["status"] for e in received.events if e["type"] == "service_status"]
     assert statuses == ["initiating", "stt_initiating", "ready"]
@@ -92,9 +92,8 @@ async def test_auth_failures_close_1008_and_tickets_are_single_use(server: Serve
         ("codec=pcm16&sample_rate=16000&channels=2", 1003, "channels"),
         ("codec=pcm16&sample_rate=44100", 1008, "sample_rate"),
         ("codec=pcm16&sample_rate=16000&conversation_timeout=abc", 1008, "conversation_timeout"),
-        ("codec=pcm16&sample_rate=16000&stt_service=soniox", 1008, "stt_service"),
     ],
-    ids=["codec", "channels", "sample-rate", "timeout", "stt-service"],
+    ids=["codec", "channels", "sample-rate", "timeout"],
 )
 async def test_invalid_parameters_close_with_a_reason(
     server: ServerHandle, query: str, code: int, words: str
@@ -104,6 +103,26 @@ async def test_invalid_parameters_close_with_a_reason(
         refused = await _refusal(server, query, token)
     assert refused.close_code == code
     assert words in (refused.close_reason or "")
+
+
+async def test_stt_service_is_a_preference_logged_once_per_value(
+    server: ServerHandle, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Omi's app always sends its preferred model (``stt_service=soniox``): accepted, served by
+    the configured provider, and logged once per distinct value."""
+    query = "codec=pcm16&sample_rate=16000&stt_service=soniox-omi-test"
+    caplog.set_level("INFO", logger="server.listen.params")
+    with trio.fail_after(20):
+        token = await _token(server)
+        for _ in range(2):
+            async with open_listen(server, query, token) as ws:
+                received = await read_until(
+                    ws, Received(), lambda r: "ready" in [e.get("status") for e in r.events]
+                )
+                await ws.send_message(pcm(1.0))
+                await read_until(ws, received, lambda r: r.has("seg0 "))
+    logged = [r.getMessage() for r in caplog.records if "soniox-omi-test" in r.getMessage()]
+    assert len(logged) == 1 and "'fake'" in logged[0]
 
 
 async def test_bad_input_non_json_text_and_huge_frames(server: ServerHandle) -> None:

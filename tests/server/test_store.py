@@ -384,10 +384,34 @@ async def test_list_filters_by_status_and_time(store: SqliteStore) -> None:
     assert both == [[made[5].id, made[3].id, made[1].id]]
 
 
+async def test_list_omi_filters_offset_and_segments(store: SqliteStore) -> None:
+    """Omi's list: several statuses, discarded and starred filters, offset, with segments."""
+    alice = await _user(store)
+    made = [await _spoken(store, alice, T0 + i * 10) for i in range(5)]
+    await store.close_conversation(made[0].id, T0 + 100)
+    await store.update_conversation(alice.id, made[1].id, {"discarded": True})
+    await store.update_conversation(alice.id, made[2].id, {"starred": True})
+    ids = lambda page: [c.id for c in page.items]  # noqa: E731
+    live = await store.list_conversations(alice.id, statuses={"in_progress", "processing"})
+    assert ids(live) == [c.id for c in reversed(made)]
+    assert ids(await store.list_conversations(alice.id, statuses={"processing"})) == [made[0].id]
+    both = await store.list_conversations(alice.id, status="processing", statuses={"completed"})
+    assert both.items == ()
+    kept = await store.list_conversations(alice.id, include_discarded=False)
+    assert made[1].id not in ids(kept) and len(kept.items) == 4
+    assert ids(await store.list_conversations(alice.id, starred=True)) == [made[2].id]
+    page = await store.list_conversations(alice.id, offset=1, limit=2, with_segments=True)
+    assert ids(page) == [made[3].id, made[2].id] and page.next_cursor is not None
+    assert [len(c.segments) for c in page.items] == [1, 1]
+    assert (await store.list_conversations(alice.id, offset=9)).items == ()
+
+
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [
         ({"status": "done"}, "status"),
+        ({"statuses": ["completed", "done"]}, "status"),
+        ({"offset": -1}, "offset"),
         ({"limit": 0}, "limit"),
         ({"limit": 1001}, "limit"),
         ({"cursor": "not-a-cursor"}, "cursor"),

@@ -187,3 +187,23 @@ async def test_worker_crash_degrades_then_recovers_with_aligned_times() -> None:
     assert statuses[1].details["offset_s"] == pytest.approx(0.2)
     assert run.finals and run.finals[0].start_s >= 0.2
     assert recall(run.finals) >= 0.3  # most of the first sentence
+
+
+def test_finalize_at_a_vad_pause_then_the_silent_tail_yields_no_final_and_no_error() -> None:
+    """The VAD finalizes while the endpointer is still in speech; the tail it then returns
+    decodes to no hypothesis (``seg()`` is ``None``): no final, no exception, next words fine."""
+    from server.stt._sphinx_worker import SphinxSession
+
+    session = SphinxSession(RATE, 1)
+    first = int(3.6 * RATE) * 2
+    for begin in range(0, first, FRAME):
+        session.feed(AUDIO[begin : min(begin + FRAME, first)])
+    finals = session.finalize()
+    silence = bytes(FRAME)
+    for _ in range(20):
+        assert session.feed(silence) == []
+        assert session.finalize() == []
+    rest = [r for b in range(first, len(AUDIO), FRAME) for r in session.feed(AUDIO[b : b + FRAME])]
+    finals += [r for r in rest + session.flush() if r.is_final]
+    session.close()
+    assert len(finals) == 2 and recall(finals) >= 0.7, [f.text for f in finals]
