@@ -81,18 +81,17 @@ class Node:
         return admitted
 
     async def release(self, session_id: str) -> None:
-        """Forget a live session; shielded and bounded, so it also runs from a cancelled task.
+        """Forget a live session; a failed release is retried with the next heartbeat.
 
-        A failed release is retried with the next heartbeat.
+        Cancellation: the caller shields it (it runs in the session's ``finally``) and bounds it
+        with :data:`CLEANUP_BUDGET_S`; if that deadline passes, it is retried later too.
         """
-        with trio.CancelScope(shield=True), trio.move_on_after(CLEANUP_BUDGET_S):
-            try:
-                await self._store.close_live_session(session_id)
-                return
-            except (StoreError, LaneError):
-                LOGGER.warning("releasing a live session failed; retrying later", exc_info=True)
-        if len(self._pending_releases) < MAX_PENDING_RELEASES:
-            self._pending_releases.add(session_id)
+        try:
+            await self._store.close_live_session(session_id)
+        except (StoreError, LaneError, trio.Cancelled):
+            if len(self._pending_releases) < MAX_PENDING_RELEASES:
+                self._pending_releases.add(session_id)
+            raise
 
     async def run_heartbeat(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

@@ -81,6 +81,7 @@ class _Supervisor:
 
     async def keep_worker(self, index: int) -> None:
         """Run worker ``index`` until a shutdown; restart it whenever it dies before one."""
+        await trio.lowlevel.checkpoint()
         backoff = RESTART_BACKOFF_S
         env = {**os.environ, WORKER_ENV: str(index)}
         while not self.stopping:

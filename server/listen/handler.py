@@ -20,7 +20,7 @@ from lanes import LaneError
 from server.app import AsgiApp, Receive, Scope, Send
 from server.auth import bearer_token
 from server.clock import wall_now
-from server.cluster import Node
+from server.cluster import CLEANUP_BUDGET_S, Node
 from server.context import AppContext
 from server.listen.codecs import SUPPORTED_CODECS, make_decoder
 from server.listen.conversation import ConversationTracker
@@ -170,11 +170,22 @@ async def _serve(ctx: AppContext, deps: ListenDeps, ws: AsgiWebSocket) -> None:
         await _admit_in_cluster(ctx, session)
         try:
             await _run_admitted(ctx, deps, ws, session, params)
-        finally:
-            await ctx.services["node"].release(session.session_id)
+        finally:  # also after cancellation: shielded, bounded
+            with trio.CancelScope(shield=True), trio.move_on_after(CLEANUP_BUDGET_S):
+                await _release_in_cluster(ctx, session)
     finally:
         deps.registry.release(session)
         deps.hooks.on_session_end(user_id, session.session_id)
+
+
+async def _release_in_cluster(ctx: AppContext, session: ListenSession) -> None:
+    """Forget the session in the store; a failure is logged (the node retries it later)."""
+    node: Node = ctx.services["node"]
+    try:
+        await node.release(session.session_id)
+    except (LaneError, StoreError):
+        LOGGER.warning("listen: releasing the session in the store failed; retried later")
+        await trio.lowlevel.checkpoint()
 
 
 async def _admit_in_cluster(ctx: AppContext, session: ListenSession) -> None:

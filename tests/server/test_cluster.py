@@ -101,6 +101,7 @@ async def test_tickets_are_single_use_and_expire(
 
 
 async def _processing(store: Store, user_id: str, count: int) -> list[str]:
+    await trio.lowlevel.checkpoint()
     ids = []
     for i in range(count):
         conversation = await store.create_conversation(
@@ -342,7 +343,8 @@ async def test_a_killed_node_loses_nothing_another_node_finishes_its_conversatio
         finally:
             if process.returncode is None:
                 process.kill()
-                await process.wait()
+                with trio.CancelScope(shield=True), trio.move_on_after(5):
+                    await process.wait()
         # Node B's sweeper closes A's conversation once its timeout passed; B processes it.
         mock_clock.jump(125)
         store = node_b.context.store

@@ -52,6 +52,7 @@ class _Log:
             self.changed = trio.Event()
 
     async def wait_for(self, pattern: str, count: int = 1) -> list[re.Match[str]]:
+        await trio.lowlevel.checkpoint()
         while len(found := list(re.finditer(pattern, self.text))) < count:
             assert self.process.returncode is None, self.text
             await self.changed.wait()
@@ -60,6 +61,7 @@ class _Log:
 
 async def _pids_serving(url: str, connections: int) -> set[int]:
     """Ask ``/v1/stats`` over ``connections`` fresh TCP connections; which pids answered."""
+    await trio.lowlevel.checkpoint()
     pids: set[int] = set()
     for _ in range(connections):
         async with httpx.AsyncClient(base_url=url, timeout=10) as client:
@@ -120,4 +122,5 @@ async def test_two_workers_share_the_port_restart_and_drain(
     finally:
         if process.returncode is None:
             process.kill()
-            await process.wait()
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await process.wait()
