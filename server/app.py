@@ -7,60 +7,26 @@ quart-trio app built by :func:`create_quart_app`. No I/O happens at import or in
 
 from __future__ import annotations
 
-import dataclasses
-import enum
-import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from typing import Any, cast
+from typing import cast
 
-from quart import Quart, Response, current_app, request
+from quart import Quart, Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from lanes import LaneClosedError, LaneFullError
 from server.context import AppContext
 from server.errors import ApiError, error_body
+from server.listen.wire import AsgiApp, Receive, Scope, Send
+from server.routes import admin, api, health, omi, webhooks
+from server.routes.deps import ctx_of, json_response
 
-__all__ = ["create_app", "create_quart_app", "ctx_of", "json_response"]
+__all__ = ["create_app", "create_quart_app"]
 
 LOGGER = logging.getLogger(__name__)
 
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-AsgiApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
 #: Paths that keep answering while the server drains (probes must see the truth).
 DRAIN_EXEMPT = frozenset({"/health", "/ready"})
-
-
-def json_response(
-    payload: object, status: int = 200, headers: dict[str, str] | None = None
-) -> Response:
-    """A compact JSON response with the right content type."""
-    body = json.dumps(payload, separators=(",", ":"), default=_json_default)
-    return Response(body, status=status, headers=headers, content_type="application/json")
-
-
-def _json_default(value: object) -> object:
-    """Statistics records and friends: dataclasses (shallow, recursed by json), mappings,
-    enums, sets; anything else as its string."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
-    if isinstance(value, Mapping):
-        return dict(value)
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, set | frozenset):
-        return sorted(value, key=str)
-    return str(value)
-
-
-def ctx_of(app: Quart | None = None) -> AppContext:
-    """The :class:`AppContext` of the running app."""
-    target = app if app is not None else current_app
-    return target.extensions["trioscribe"]  # type: ignore[no-any-return]
 
 
 def _drain_gate() -> Response | None:
@@ -102,8 +68,6 @@ def _install_error_handlers(app: Quart) -> None:
 
 def create_quart_app(ctx: AppContext) -> QuartTrio:
     """Build the quart-trio app for ``ctx`` (routes, error mapping, limits). No I/O."""
-    from server.routes import admin, api, health, omi
-
     app = QuartTrio("trioscribe")
     app.config["MAX_CONTENT_LENGTH"] = ctx.settings.http_max_body_bytes
     app.config["JSON_SORT_KEYS"] = False
@@ -114,8 +78,7 @@ def create_quart_app(ctx: AppContext) -> QuartTrio:
     app.register_blueprint(api.blueprint)
     app.register_blueprint(omi.blueprint)
     app.register_blueprint(admin.blueprint)
-    for blueprint in ctx.blueprints:
-        app.register_blueprint(blueprint)
+    app.register_blueprint(webhooks.blueprint)
     return app
 
 

@@ -1,28 +1,27 @@
-"""What request handlers and workers share: one :class:`AppContext` per server run.
+"""What request handlers share: one :class:`AppContext` per server run.
 
-It is built by :func:`server.serve.serve` after every resource in it was opened, and it never
-opens or closes anything itself (ownership stays with ``serve``'s ``async with`` blocks).
+:func:`server.compose.open_components` builds it after every resource in it was opened; it never
+opens or closes anything itself (ownership stays with ``open_components``' exit stack).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-from quart import Blueprint
 
 from server.auth import RateLimiter, TicketBook
+from server.cluster import Node
 from server.drain import Drain
+from server.listen.registry import SessionRegistry
 from server.settings import Settings
-
-if TYPE_CHECKING:
-    from server.store import Store
+from server.store import Store
+from server.wakeup import Wakeup
+from server.webhooks.service import WebhookApi
 
 __all__ = ["AppContext"]
 
 
-@dataclass(eq=False)
+@dataclass(frozen=True, eq=False)
 class AppContext:
     """Shared, already-open resources of one server run.
 
@@ -30,19 +29,23 @@ class AppContext:
         settings: the run's settings.
         drain: shutdown coordination (readiness, deadline).
         store: the repository (SQLite by default).
-        tickets: single-use WebSocket tickets.
+        tickets: single-use WebSocket tickets (in the store: valid on every node).
+        node: this process in the cluster (heartbeat, per-user session caps across nodes).
         limiter: per-user API rate limits.
-        services: named long-lived components added by later layers (listen registry, STT
-            provider, webhook dispatcher, ...), looked up by handlers.
-        stats: named ``statistics()`` callables exposed on ``GET /v1/stats``.
-        blueprints: extra route blueprints registered by service layers (webhooks, apps).
+        sessions: the live ``/v4/listen`` sessions (admission, draining, pushes to users).
+        webhooks: endpoints' storage and the nudges the webhook/app API needs.
+        processing_wakeup: set when a conversation reaches ``processing`` (wakes the workers).
+        stats: named ``statistics()`` callables exposed on ``GET /v1/stats`` (filled while the
+            run's components open; the serve tree adds its loop-lag monitor).
     """
 
     settings: Settings
     drain: Drain
     store: Store
     tickets: TicketBook
+    node: Node
     limiter: RateLimiter
-    services: dict[str, Any] = field(default_factory=dict)
+    sessions: SessionRegistry
+    webhooks: WebhookApi
+    processing_wakeup: Wakeup
     stats: dict[str, Callable[[], object]] = field(default_factory=dict)
-    blueprints: list[Blueprint] = field(default_factory=list)

@@ -3,8 +3,9 @@
 Ownership, outermost first (each line owns everything below it)::
 
     serve()
-    └── open_services()            store (SQLite via the storage ThreadLane), STT provider,
-        │                          HTTP lanes — closed last, after every user of them ended
+    └── open_components()          store (SQLite via the storage ThreadLane), STT provider,
+        │                          lanes, realtime nursery — closed last, after every user
+        │                          of them ended (see :mod:`server.compose`)
         └── daemons nursery        signal watcher (1st SIGTERM/SIGINT: drain; 2nd: cancel all
             │                      now), loop-lag monitor; cancelled when the work is done
             └── work nursery       deadline = the drain deadline once shutdown begins
@@ -27,8 +28,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Final, cast
@@ -38,14 +37,12 @@ import hypercorn.typing
 import trio
 from hypercorn.config import Config
 
-from lanes import LoopLagMonitor, ThreadLane
-from server.app import AsgiApp, create_app
-from server.auth import RateLimiter, TicketBook
-from server.cluster import open_node
+from lanes import LoopLagMonitor
+from server.app import create_app
+from server.compose import Components, open_components
 from server.context import AppContext
 from server.drain import Drain
 from server.settings import Settings
-from server.store import DB_FILENAME, Store, open_sqlite_store
 from server.stt.base import SttProvider
 from server.supervisor import WORKER_ENV, reuse_port_socket
 
@@ -61,12 +58,18 @@ CLOSE_BUDGET_S: Final = 0.5
 
 @dataclass(frozen=True, slots=True)
 class ServerHandle:
-    """What ``nursery.start(serve, settings)`` returns: the bound address and a stop button."""
+    """What ``nursery.start(serve, settings)`` returns: the bound address, a stop button, and
+    the run's components (tests reach the registry, sweeper or store through them)."""
 
     host: str
     port: int
     drain: Drain
-    context: AppContext
+    components: Components
+
+    @property
+    def context(self) -> AppContext:
+        """The run's shared context (settings, store, stats, ...)."""
+        return self.components.context
 
     @property
     def url(self) -> str:
@@ -79,6 +82,12 @@ class ServerHandle:
         self.drain.request(
             grace_s if grace_s is not None else self.context.settings.graceful_shutdown_s
         )
+
+
+def _process_info() -> dict[str, object]:
+    """Which process answered (``--workers``: the worker's index, else ``None``)."""
+    worker = os.environ.get(WORKER_ENV)
+    return {"pid": os.getpid(), "worker": int(worker) if worker else None}
 
 
 def _hypercorn_config(settings: Settings) -> Config:
@@ -119,54 +128,9 @@ async def _shutdown_sequence(ctx: AppContext, stop_http: trio.Event) -> None:
     await ctx.drain.requested.wait()
     announce_until = trio.current_time() + ctx.settings.drain_readiness_s
     with trio.move_on_at(ctx.drain.deadline - HYPERCORN_GRACE_S - CLOSE_BUDGET_S):
-        sessions = ctx.services.get("sessions")
-        if sessions is not None:
-            await sessions.drain_all()
+        await ctx.sessions.drain_all()
         await trio.sleep_until(announce_until)
     stop_http.set()
-
-
-def _process_info() -> dict[str, object]:
-    """Which process answered (``--workers``: the worker's index, else ``None``)."""
-    worker = os.environ.get(WORKER_ENV)
-    return {"pid": os.getpid(), "worker": int(worker) if worker else None}
-
-
-def _open_store(settings: Settings, lane: ThreadLane) -> AbstractAsyncContextManager[Store]:
-    """PostgreSQL when ``database_url`` is set, else the embedded SQLite file in ``data_dir``."""
-    if settings.database_url:
-        from server.store.postgres import open_postgres_store
-
-        return open_postgres_store(settings.database_url, lane=lane)
-    return open_sqlite_store(settings.data_dir / DB_FILENAME, lane=lane)
-
-
-@asynccontextmanager
-async def open_core(settings: Settings) -> AsyncIterator[AppContext]:
-    """Open the store and the shared in-memory services; close them on every exit path."""
-    lane = ThreadLane(
-        "storage",
-        settings.storage_threads,
-        max_waiting=settings.storage_max_waiting,
-        abandon_on_cancel=True,
-    )
-    async with (
-        _open_store(settings, lane) as store,
-        open_node(store, settings) as node,
-    ):
-        ctx = AppContext(
-            settings=settings,
-            drain=Drain(),
-            store=store,
-            tickets=TicketBook(store, settings.ticket_ttl_s),
-            limiter=RateLimiter(settings.api_rate_per_s, settings.api_burst),
-        )
-        ctx.services["node"] = node
-        ctx.stats["node"] = node.statistics
-        ctx.stats["storage"] = lane.statistics
-        ctx.stats["process"] = _process_info
-        ctx.stats["tickets"] = ctx.tickets.statistics
-        yield ctx
 
 
 async def serve(  # noqa: ASYNC128 -- task_status reaches started() in _run_work
@@ -188,48 +152,42 @@ async def serve(  # noqa: ASYNC128 -- task_status reaches started() in _run_work
     Cancellation: cancelling the caller's scope is a hard stop (like a second signal); cleanup
     still runs, shielded and bounded.
     """
-    from server.services import open_services
-
-    async with (
-        open_core(settings) as ctx,
-        open_services(ctx, stt_provider=stt_provider) as listen_handler,
-    ):
-        await _run_root(ctx, listen_handler, handle_signals, task_status)
+    async with open_components(settings, stt_provider=stt_provider) as components:
+        await _run_root(components, handle_signals, task_status)
     LOGGER.info("stopped")
 
 
 async def _run_root(  # noqa: ASYNC128 -- task_status reaches started() in _run_work
-    ctx: AppContext,
-    listen_handler: AsgiApp,
+    components: Components,
     handle_signals: bool,
     task_status: trio.TaskStatus[ServerHandle],
 ) -> None:
+    ctx = components.context
     settings = ctx.settings
     async with trio.open_nursery() as daemons:  # live for the whole run, cancelled at its end
         if handle_signals:
             daemons.start_soon(_watch_signals, ctx.drain, settings, daemons.cancel_scope)
         lag = LoopLagMonitor()
         ctx.stats["loop_lag"] = lag.statistics
+        ctx.stats["process"] = _process_info
         await daemons.start(lag.run)
         with trio.CancelScope() as work_scope:
-            await _run_work(ctx, listen_handler, work_scope, task_status)
+            await _run_work(components, work_scope, task_status)
         daemons.cancel_scope.cancel()
 
 
 async def _run_work(
-    ctx: AppContext,
-    listen_handler: AsgiApp,
+    components: Components,
     work_scope: trio.CancelScope,
     task_status: trio.TaskStatus[ServerHandle],
 ) -> None:
     """Workers and hypercorn: they end by themselves once drained, or at the deadline."""
-    from server.services import start_workers
-
+    ctx = components.context
     async with trio.open_nursery() as work:
-        await start_workers(ctx, work)
+        await components.start_workers(work)
         stop_http = trio.Event()
         work.start_soon(_shutdown_sequence, ctx, stop_http)
-        app = create_app(ctx, listen_handler)
+        app = create_app(ctx, components.listen_handler)
         config = _hypercorn_config(ctx.settings)
         # hypercorn types the app with its TypedDict scopes; ours takes the same dicts.
         asgi = cast(hypercorn.typing.Framework, app)
@@ -238,6 +196,6 @@ async def _run_work(
         )
         port = int(binds[0].rsplit(":", 1)[1])
         LOGGER.info("listening on %s", binds[0])
-        task_status.started(ServerHandle(ctx.settings.host, port, ctx.drain, ctx))
+        task_status.started(ServerHandle(ctx.settings.host, port, ctx.drain, components))
         await ctx.drain.requested.wait()
         work_scope.deadline = ctx.drain.deadline

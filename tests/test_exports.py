@@ -1,11 +1,35 @@
-"""Keep the public surface of ``lanes`` honest: sorted, complete, and importable."""
+"""Keep the public surface of ``lanes`` honest (sorted, complete, importable) and the import
+directions one-way: ``lanes`` never imports ``server``; inside ``server`` every import follows
+``ALLOWED`` and the module graph has no cycle."""
 
 from __future__ import annotations
 
 import ast
 import pathlib
+from collections.abc import Iterator, Mapping, Set
 
 import lanes
+
+SERVER = pathlib.Path(__file__).resolve().parent.parent / "server"
+#: Top-level modules that import no other part of ``server`` except each other.
+LEAVES = frozenset({"auth", "clock", "drain", "errors", "settings", "wakeup"})
+#: For each unit (a ``server`` subpackage or top-level module): the other units it may import,
+#: besides the leaves. Lower layers first; nothing imports upwards.
+ALLOWED: Mapping[str, Set[str]] = {
+    "store": set(),
+    "stt": set(),
+    "views": {"store"},
+    "tokens_cli": {"store"},
+    "webhooks": {"store"},
+    "processing": {"store", "views", "webhooks"},
+    "listen": {"store", "stt", "views"},
+    "context": {"store", "listen", "webhooks"},
+    "routes": {"context", "store", "stt", "views", "listen", "webhooks", "processing"},
+    "app": {"context", "listen", "routes"},
+    "compose": {"context", "store", "stt", "views", "listen", "webhooks", "processing"},
+    "serve": {"app", "compose", "context", "stt"},
+    "__main__": {"serve", "tokens_cli"},
+}
 
 
 def test_all_is_sorted_and_unique() -> None:
@@ -43,3 +67,59 @@ def test_lanes_never_imports_server() -> None:
 
 def test_py_typed_ships() -> None:
     assert (pathlib.Path(lanes.__file__).parent / "py.typed").exists()
+
+
+def _module(path: pathlib.Path) -> str:
+    parts = ("server", *path.relative_to(SERVER).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _unit(module: str) -> str:
+    return module.split(".")[1] if "." in module else "server"
+
+
+def _imports(tree: ast.AST, known: Set[str]) -> Iterator[str]:
+    """Every ``server`` module imported anywhere in ``tree`` (also inside functions and
+    ``TYPE_CHECKING``); ``from pkg import submodule`` counts as the submodule only."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names if alias.name in known)
+        elif isinstance(node, ast.ImportFrom) and node.module in known and node.level == 0:
+            subs = [f"{node.module}.{alias.name}" for alias in node.names]
+            found = [sub for sub in subs if sub in known]
+            yield from found if len(found) == len(subs) else [node.module, *found]
+
+
+def _server_graph() -> dict[str, set[str]]:
+    paths = {_module(path): path for path in SERVER.rglob("*.py")}
+    return {
+        module: set(_imports(ast.parse(path.read_text()), paths.keys())) - {module}
+        for module, path in paths.items()
+    }
+
+
+def test_server_imports_follow_the_allowed_directions() -> None:
+    wrong = sorted(
+        f"{module} -> {target}"
+        for module, targets in _server_graph().items()
+        for target in targets
+        if _unit(module) != _unit(target)
+        and _unit(module) != "server"
+        and _unit(target) not in LEAVES | ALLOWED.get(_unit(module), set())
+    )
+    assert wrong == []
+
+
+def test_server_module_graph_has_no_cycle() -> None:
+    graph = _server_graph()
+    done: set[str] = set()
+
+    def visit(module: str, path: tuple[str, ...]) -> None:
+        assert module not in path, " -> ".join((*path, module))
+        if module not in done:
+            for target in sorted(graph[module]):
+                visit(target, (*path, module))
+            done.add(module)
+
+    for module in sorted(graph):
+        visit(module, ())

@@ -12,16 +12,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import parse_qsl
 
 import trio
 
 from lanes import LaneError
-from server.app import AsgiApp, Receive, Scope, Send
-from server.auth import bearer_token
+from server.auth import TicketBook, bearer_token
 from server.clock import wall_now
 from server.cluster import CLEANUP_BUDGET_S, Node
-from server.context import AppContext
+from server.drain import Drain
 from server.listen.codecs import SUPPORTED_CODECS, make_decoder
 from server.listen.conversation import ConversationTracker
 from server.listen.hooks import RealtimeHooks
@@ -34,14 +34,30 @@ from server.listen.params import (
 from server.listen.registry import AdmissionError, SessionRegistry
 from server.listen.session import ListenSession, SessionConfig
 from server.listen.vad import VadGate
-from server.listen.wire import AsgiWebSocket, ClientGone
-from server.store import StoreError
+from server.listen.wire import AsgiApp, AsgiWebSocket, ClientGone, Receive, Scope, Send
+from server.settings import Settings
+from server.store import Store, StoreError
 from server.stt.base import SttCapacityError, SttError, SttProvider
 from server.views import conversation_json
 
-__all__ = ["ListenDeps", "make_listen_handler"]
+__all__ = ["ListenContext", "ListenDeps", "make_listen_handler"]
 
 LOGGER = logging.getLogger(__name__)
+
+
+class ListenContext(Protocol):
+    """The run-wide resources a session uses (``server.context.AppContext`` has them)."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def drain(self) -> Drain: ...
+    @property
+    def store(self) -> Store: ...
+    @property
+    def tickets(self) -> TicketBook: ...
+    @property
+    def node(self) -> Node: ...
 
 
 @dataclass(eq=False)
@@ -70,7 +86,7 @@ def _query(scope: Scope) -> dict[str, str]:
 
 
 async def _authenticate(
-    ctx: AppContext, headers: Mapping[str, str], query: Mapping[str, str]
+    ctx: ListenContext, headers: Mapping[str, str], query: Mapping[str, str]
 ) -> str:
     token = bearer_token(headers)
     if token is not None:
@@ -88,7 +104,7 @@ async def _authenticate(
     raise _Refused(1008, "missing Authorization: Bearer token (or ?ticket= for browsers)")
 
 
-def _params(ctx: AppContext, deps: ListenDeps, query: Mapping[str, str]) -> ListenParams:
+def _params(ctx: ListenContext, deps: ListenDeps, query: Mapping[str, str]) -> ListenParams:
     try:
         params = parse_listen_params(
             query, default_timeout_s=ctx.settings.conversation_timeout_s, codecs=SUPPORTED_CODECS
@@ -99,7 +115,7 @@ def _params(ctx: AppContext, deps: ListenDeps, query: Mapping[str, str]) -> List
     return params
 
 
-def make_listen_handler(ctx: AppContext, deps: ListenDeps) -> AsgiApp:
+def make_listen_handler(ctx: ListenContext, deps: ListenDeps) -> AsgiApp:
     """Build the ASGI handler for ``/v4/listen`` WebSocket upgrades."""
 
     async def handler(scope: Scope, receive: Receive, send: Send) -> None:
@@ -120,7 +136,7 @@ def make_listen_handler(ctx: AppContext, deps: ListenDeps) -> AsgiApp:
 
 
 def _session(
-    ctx: AppContext, deps: ListenDeps, ws: AsgiWebSocket, user_id: str, params: ListenParams
+    ctx: ListenContext, deps: ListenDeps, ws: AsgiWebSocket, user_id: str, params: ListenParams
 ) -> ListenSession:
     settings = ctx.settings
     session: ListenSession
@@ -151,7 +167,7 @@ def _session(
     return session
 
 
-async def _serve(ctx: AppContext, deps: ListenDeps, ws: AsgiWebSocket) -> None:
+async def _serve(ctx: ListenContext, deps: ListenDeps, ws: AsgiWebSocket) -> None:
     if ctx.drain.draining:
         raise _Refused(1001, "server shutting down")
     headers, query = _headers(ws.scope), _query(ws.scope)
@@ -178,21 +194,19 @@ async def _serve(ctx: AppContext, deps: ListenDeps, ws: AsgiWebSocket) -> None:
         deps.hooks.on_session_end(user_id, session.session_id)
 
 
-async def _release_in_cluster(ctx: AppContext, session: ListenSession) -> None:
+async def _release_in_cluster(ctx: ListenContext, session: ListenSession) -> None:
     """Forget the session in the store; a failure is logged (the node retries it later)."""
-    node: Node = ctx.services["node"]
     try:
-        await node.release(session.session_id)
+        await ctx.node.release(session.session_id)
     except (LaneError, StoreError):
         LOGGER.warning("listen: releasing the session in the store failed; retried later")
         await trio.lowlevel.checkpoint()
 
 
-async def _admit_in_cluster(ctx: AppContext, session: ListenSession) -> None:
+async def _admit_in_cluster(ctx: ListenContext, session: ListenSession) -> None:
     """The per-user cap across every node sharing the store (see :mod:`server.cluster`)."""
-    node: Node = ctx.services["node"]
     try:
-        admitted = await node.admit(session.session_id, session.user_id)
+        admitted = await ctx.node.admit(session.session_id, session.user_id)
     except (LaneError, StoreError) as exc:
         raise _Refused(1013, "storage busy; try again later") from exc
     if not admitted:
@@ -201,7 +215,7 @@ async def _admit_in_cluster(ctx: AppContext, session: ListenSession) -> None:
 
 
 async def _run_admitted(
-    ctx: AppContext,
+    ctx: ListenContext,
     deps: ListenDeps,
     ws: AsgiWebSocket,
     session: ListenSession,

@@ -1,4 +1,4 @@
-"""The realtime hand-off from a listen session to integrations (webhooks, apps).
+"""The realtime hand-off from a listen session to the webhook layer (webhooks, apps).
 
 Both methods are synchronous and must never block: implementations put the data into
 latest-wins slots or bounded buffers and return. A slow consumer can therefore never stall audio.

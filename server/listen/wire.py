@@ -11,10 +11,13 @@ from typing import Any, Final, final
 
 import trio
 
-__all__ = ["AsgiWebSocket", "ClientGone", "Message"]
+__all__ = ["AsgiApp", "AsgiWebSocket", "ClientGone", "Message", "Receive", "Scope", "Send"]
 
+Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+#: A raw ASGI application (the listen handler, and the dispatcher in front of Quart).
+AsgiApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 #: What :meth:`AsgiWebSocket.receive` returns: a binary frame or a text frame.
 Message = bytes | str
 #: A WebSocket close reason must fit in a 125-byte control frame (2 bytes are the code).

@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
+from server.store import SummaryFields
+
 __all__ = [
     "CATEGORIES",
     "DEFAULT_EMOJI",
@@ -133,6 +135,10 @@ class Summary:
                 for event in self.events
             ],
         }
+
+    def fields(self) -> SummaryFields:
+        """What the store writes when the conversation completes with this summary."""
+        return SummaryFields(self.title, self.overview, self.emoji, self.category, self.to_json())
 
 
 class SegmentLike(Protocol):

@@ -19,7 +19,6 @@ return (an idle worker returns at once).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import random
 from collections.abc import Callable
@@ -34,8 +33,7 @@ from server.drain import Drain
 from server.processing.summarise import Summariser, Summary, SummaryError
 from server.store import Conversation, Store
 from server.views import conversation_json
-from server.wakeup import Wakeup
-from server.webhooks._wait import wait_any
+from server.wakeup import Wakeup, wait_any
 from server.webhooks.payloads import dumps
 from server.webhooks.repository import outbox_hook
 
@@ -146,7 +144,7 @@ class ProcessingWorkers:
         self._counts: dict[str, int] = dict.fromkeys(("completed", "retry", "failed", "lost"), 0)
         self._last_error: str | None = None
 
-    async def run(  # noqa: ASYNC114 -- started by Integrations.start_workers
+    async def run(  # noqa: ASYNC114 -- started by Components.start_workers
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Run ``workers`` worker tasks until the server drains and they are idle."""
@@ -205,37 +203,16 @@ class ProcessingWorkers:
 
     async def _complete(self, conversation: Conversation, summary: Summary) -> ProcessOutcome:
         now = wall_now()
-        structured = summary.to_json()
-        done = dataclasses.replace(
-            conversation,
-            status="completed",
-            title=summary.title,
-            overview=summary.overview,
-            emoji=summary.emoji,
-            category=summary.category,
-            structured=structured,
-            failure_reason=None,
-            next_attempt_at=None,
+        hook = outbox_hook("memory_created", _memory_payload, now)
+        done = await self._store.complete_conversation(
+            conversation.id, summary.fields(), now, extra=hook
         )
-        memory = conversation_json(done)
-        hook = outbox_hook(conversation.user_id, "memory_created", dumps(memory), now)
-        written = await self._store.complete_conversation(
-            conversation.id,
-            structured,
-            summary.title,
-            summary.overview,
-            summary.emoji,
-            summary.category,
-            now,
-            extra=hook,
-        )
-        if not written:
+        if done is None:
             self._counts["lost"] += 1
             return "lost"
         self._counts["completed"] += 1
-        self._on_event(
-            conversation.user_id, {"type": "memory_created", "memory": memory, "messages": []}
-        )
+        memory = conversation_json(done)
+        self._on_event(done.user_id, {"type": "memory_created", "memory": memory, "messages": []})
         self._on_completed()
         return "completed"
 
@@ -272,3 +249,7 @@ class ProcessingWorkers:
             lost=self._counts["lost"],
             last_error=self._last_error,
         )
+
+
+def _memory_payload(completed: Conversation) -> bytes:
+    return dumps(conversation_json(completed))

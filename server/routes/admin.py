@@ -6,10 +6,9 @@ import re
 
 from quart import Blueprint, Response
 
-from server.app import ctx_of, json_response
 from server.clock import wall_now
 from server.errors import ApiError
-from server.routes.deps import read_json_object, require_admin
+from server.routes.deps import ctx_of, json_response, read_json_object, require_admin
 from server.store import ConflictError
 
 __all__ = ["blueprint"]

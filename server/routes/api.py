@@ -8,10 +8,9 @@ from urllib.parse import urlencode
 
 from quart import Blueprint, Response, request
 
-from server.app import ctx_of, json_response
 from server.clock import wall_now
 from server.errors import ApiError
-from server.routes.deps import current_user, read_json_object
+from server.routes.deps import ctx_of, current_user, json_response, read_json_object
 from server.store import MAX_OFFSET, Conversation, ValidationError
 from server.views import conversation_json
 

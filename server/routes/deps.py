@@ -1,24 +1,56 @@
-"""Request-level helpers shared by the route modules: auth, rate limits, JSON bodies."""
+"""Request-level helpers shared by the route modules: the app context, auth, rate limits, JSON
+bodies and responses."""
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import json
 import math
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from quart import request
+from quart import Quart, Response, current_app, request
 
-from server.app import ctx_of
 from server.auth import bearer_token, is_admin_token
 from server.clock import wall_now
+from server.context import AppContext
 from server.errors import ApiError
 
 if TYPE_CHECKING:
     from server.store import User
 
-__all__ = ["current_user", "read_json_object", "require_admin"]
+__all__ = ["ctx_of", "current_user", "json_response", "read_json_object", "require_admin"]
 
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="trioscribe"'}
+
+
+def json_response(
+    payload: object, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """A compact JSON response with the right content type."""
+    body = json.dumps(payload, separators=(",", ":"), default=_json_default)
+    return Response(body, status=status, headers=headers, content_type="application/json")
+
+
+def _json_default(value: object) -> object:
+    """Statistics records and friends: dataclasses (shallow, recursed by json), mappings,
+    enums, sets; anything else as its string."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=str)
+    return str(value)
+
+
+def ctx_of(app: Quart | None = None) -> AppContext:
+    """The :class:`AppContext` of the running app."""
+    target = app if app is not None else current_app
+    return target.extensions["trioscribe"]  # type: ignore[no-any-return]
 
 
 def require_admin() -> None:

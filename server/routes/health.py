@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from quart import Blueprint, Response
 
-from server.app import ctx_of, json_response
-from server.routes.deps import require_admin
+from server.routes.deps import ctx_of, json_response, require_admin
 
 __all__ = ["blueprint"]
 

@@ -23,11 +23,10 @@ from typing import Final
 import trio
 from quart import Blueprint, Response, request
 
-from server.app import ctx_of, json_response
 from server.clock import wall_now
 from server.context import AppContext
 from server.errors import ApiError
-from server.routes.deps import current_user, read_json_object
+from server.routes.deps import ctx_of, current_user, json_response, read_json_object
 from server.store import VISIBILITIES, Conversation, SegmentRow, ValidationError
 from server.views import conversation_json, iso
 
@@ -74,9 +73,9 @@ async def process_in_progress() -> Response:
 
 async def _end_in_progress(ctx: AppContext, user_id: str) -> str | None:
     """Close the user's in-progress conversation; return its id (``None``: there was none)."""
-    registry = ctx.services.get("sessions")
+    registry = ctx.sessions
     ended: str | None = None
-    for session in tuple(registry.sessions_of(user_id)) if registry is not None else ():
+    for session in tuple(registry.sessions_of(user_id)):
         held = session.conversation_id
         if held is None:
             continue
@@ -84,13 +83,11 @@ async def _end_in_progress(ctx: AppContext, user_id: str) -> str | None:
             await session.request_conversation_end().wait()
         ended = held
     stored = await ctx.store.get_in_progress(user_id)
-    live = registry.live_conversation_ids() if registry is not None else set()
+    live = registry.live_conversation_ids()
     if stored is not None and stored.id not in live and stored.id != ended:
         outcome = await ctx.store.close_conversation(stored.id, wall_now())
         if outcome == "processing":
-            wake = ctx.services.get("processing")
-            if wake is not None:
-                wake.set()
+            ctx.processing_wakeup.set()
         return stored.id
     return ended
 

@@ -1,10 +1,17 @@
 """Storage: the :class:`Store` repository interface, its SQLite backend, and their types.
 
-Handlers depend on :class:`Store`; :func:`open_sqlite_store` owns the SQLite implementation
+Handlers depend on :class:`Store` (:mod:`server.store.protocol`); :func:`open_sqlite_store` owns the SQLite implementation
 (see :mod:`server.store.sqlite` for the extension points and :mod:`server.store.migrations` for
 adding schema steps).
 """
 
+from server.store._db import (
+    DbConnection as DbConnection,
+    DbRow as DbRow,
+    is_postgres as is_postgres,
+    lock_clause as lock_clause,
+)
+from server.store._tx import new_id as new_id, write_transaction as write_transaction
 from server.store._validate import MAX_OFFSET as MAX_OFFSET
 from server.store.errors import (
     ConflictError as ConflictError,
@@ -31,10 +38,15 @@ from server.store.models import (
     Page as Page,
     SegmentRow as SegmentRow,
     StoreStatistics as StoreStatistics,
+    SummaryFields as SummaryFields,
     TokenInfo as TokenInfo,
     User as User,
 )
-from server.store.repository import Store as Store, TransactionHook as TransactionHook
+from server.store.protocol import (
+    CompletionHook as CompletionHook,
+    Store as Store,
+    TransactionHook as TransactionHook,
+)
 from server.store.sqlite import (
     DB_FILENAME as DB_FILENAME,
     SqliteStore as SqliteStore,
@@ -44,10 +56,13 @@ from server.store.sqlite import (
 __all__ = [
     "CONVERSATION_STATUSES",
     "CloseOutcome",
+    "CompletionHook",
     "ConflictError",
     "Conversation",
     "ConversationStatus",
     "DB_FILENAME",
+    "DbConnection",
+    "DbRow",
     "LATEST_VERSION",
     "MAX_OFFSET",
     "ListQuery",
@@ -63,11 +78,16 @@ __all__ = [
     "StoreError",
     "StoreStatistics",
     "StoreUnavailableError",
+    "SummaryFields",
     "TokenInfo",
     "TransactionHook",
     "User",
     "VISIBILITIES",
     "ValidationError",
     "apply_migrations",
+    "is_postgres",
+    "lock_clause",
+    "new_id",
     "open_sqlite_store",
+    "write_transaction",
 ]

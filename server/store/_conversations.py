@@ -5,23 +5,24 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Mapping, Sequence
-from typing import Final, cast
+from typing import Final
 
-from server.store._db import SKIP_LOCKED, lock_clause
+from server.store._db import SKIP_LOCKED, lock_clause, map_driver_error
 from server.store._paging import decode_cursor, encode_cursor
 from server.store._tx import new_id, read_transaction, write_transaction
 from server.store.errors import NotFoundError
 from server.store.models import (
     CloseOutcome,
     Conversation,
-    ConversationStatus,
     ListQuery,
     Page,
     SegmentRow,
+    SummaryFields,
 )
-from server.store.repository import TransactionHook
+from server.store.protocol import CompletionHook
 
 __all__ = [
+    "SegmentWrite",
     "claim_for_processing",
     "close_conversation",
     "complete_conversation",
@@ -34,6 +35,7 @@ __all__ = [
     "list_conversations",
     "reschedule_processing",
     "save_segments",
+    "save_segments_batch",
     "update_conversation",
 ]
 
@@ -64,7 +66,6 @@ def _segment(row: sqlite3.Row) -> SegmentRow:
 
 def _conversation(row: sqlite3.Row, segments: tuple[SegmentRow, ...] = ()) -> Conversation:
     values = {key: row[key] for key in row.keys() if key != "structured_json"}
-    values["status"] = cast(ConversationStatus, values["status"])
     values["starred"] = bool(values["starred"])
     values["discarded"] = bool(values["discarded"])
     return Conversation(**values, structured=json.loads(row["structured_json"]), segments=segments)
@@ -167,23 +168,61 @@ def save_segments(
     started_at: float | None,
 ) -> None:
     """Upsert/delete segments, extend ``finished_at``, set ``started_at`` once: one transaction."""
-    first = started_at if started_at is not None else _first_speech(upserts, finished_at)
     with write_transaction(conn):
-        if not conn.execute(
-            f"SELECT 1 FROM conversations WHERE id = ?{lock_clause(conn)}", (conversation_id,)
-        ).fetchone():
-            raise NotFoundError(f"no conversation {conversation_id!r}")
-        conn.executemany(_UPSERT_SEGMENT, [_segment_values(row) for row in upserts])
-        conn.executemany(
-            "DELETE FROM transcript_segments WHERE conversation_id = ? AND id = ?",
-            [(conversation_id, segment_id) for segment_id in removed_ids],
-        )
-        conn.execute(
-            "UPDATE conversations SET finished_at = MAX(COALESCE(finished_at, :f), :f),"
-            " started_at = COALESCE(started_at, :s), updated_at = MAX(updated_at, :f)"
-            " WHERE id = :id",
-            {"f": finished_at, "s": first, "id": conversation_id},
-        )
+        _save_segments_in(conn, conversation_id, upserts, removed_ids, finished_at, started_at)
+
+
+#: One :func:`save_segments` call's arguments (after the conversation id), for batches.
+SegmentWrite = tuple[str, Sequence[SegmentRow], Sequence[str], float, float | None]
+
+
+def save_segments_batch(
+    conn: sqlite3.Connection, writes: Sequence[SegmentWrite]
+) -> list[Exception | None]:
+    """Many :func:`save_segments` in one transaction, each in a savepoint: one failing write
+    (e.g. ``NotFoundError``) is rolled back alone; returns each write's error or ``None``."""
+    errors: list[Exception | None] = []
+    with write_transaction(conn):
+        for write in writes:
+            conn.execute("SAVEPOINT segment_write")
+            try:
+                _save_segments_in(conn, *write)
+            except Exception as exc:
+                mapped = map_driver_error(exc)
+                if mapped is None:
+                    raise
+                conn.execute("ROLLBACK TO segment_write")
+                errors.append(mapped)
+            else:
+                errors.append(None)
+            conn.execute("RELEASE segment_write")
+    return errors
+
+
+def _save_segments_in(
+    conn: sqlite3.Connection,
+    conversation_id: str,
+    upserts: Sequence[SegmentRow],
+    removed_ids: Sequence[str],
+    finished_at: float,
+    started_at: float | None,
+) -> None:
+    first = started_at if started_at is not None else _first_speech(upserts, finished_at)
+    if not conn.execute(
+        f"SELECT 1 FROM conversations WHERE id = ?{lock_clause(conn)}", (conversation_id,)
+    ).fetchone():
+        raise NotFoundError(f"no conversation {conversation_id!r}")
+    conn.executemany(_UPSERT_SEGMENT, [_segment_values(row) for row in upserts])
+    conn.executemany(
+        "DELETE FROM transcript_segments WHERE conversation_id = ? AND id = ?",
+        [(conversation_id, segment_id) for segment_id in removed_ids],
+    )
+    conn.execute(
+        "UPDATE conversations SET finished_at = MAX(COALESCE(finished_at, :f), :f),"
+        " started_at = COALESCE(started_at, :s), updated_at = MAX(updated_at, :f)"
+        " WHERE id = :id",
+        {"f": finished_at, "s": first, "id": conversation_id},
+    )
 
 
 def close_conversation(conn: sqlite3.Connection, conversation_id: str, now: float) -> CloseOutcome:
@@ -254,25 +293,33 @@ def complete_conversation(
     conn: sqlite3.Connection,
     conversation_id: str,
     structured_json: str,
-    summary: tuple[str, str, str, str],
+    summary: SummaryFields,
     now: float,
-    extra: TransactionHook | None,
-) -> bool:
+    extra: CompletionHook | None,
+) -> Conversation | None:
     """``processing`` -> ``completed`` with its summary; ``extra`` runs in the same transaction."""
-    title, overview, emoji, category = summary
     with write_transaction(conn):
         cursor = conn.execute(
             "UPDATE conversations SET status = 'completed', structured_json = ?, title = ?,"
             " overview = ?, emoji = ?, category = ?, failure_reason = NULL,"
             " next_attempt_at = NULL, updated_at = MAX(updated_at, ?)"
             " WHERE id = ? AND status = 'processing'",
-            (structured_json, title, overview, emoji, category, now, conversation_id),
+            (
+                structured_json,
+                summary.title,
+                summary.overview,
+                summary.emoji,
+                summary.category,
+                now,
+                conversation_id,
+            ),
         )
         if cursor.rowcount == 0:
-            return False
-        if extra is not None:
-            extra(conn)
-    return True
+            return None
+        completed = _load(conn, conversation_id, True)
+        if completed is not None and extra is not None:
+            extra(conn, completed)
+    return completed
 
 
 def fail_conversation(

@@ -6,10 +6,23 @@ A structural type, so the same synchronous SQL functions run on either backend's
 
 from __future__ import annotations
 
+import sqlite3
+import sys
 from collections.abc import Iterable, Iterator
 from typing import Any, Final, Protocol
 
-__all__ = ["DIALECT", "SKIP_LOCKED", "DbConnection", "DbCursor", "is_postgres", "lock_clause"]
+from server.store.errors import StoreError, map_sqlite_error
+
+__all__ = [
+    "DIALECT",
+    "SKIP_LOCKED",
+    "DbConnection",
+    "DbCursor",
+    "DbRow",
+    "is_postgres",
+    "lock_clause",
+    "map_driver_error",
+]
 
 #: ``conn.dialect`` of a PostgreSQL connection (a ``sqlite3.Connection`` has no such attribute).
 DIALECT: Final = "postgresql"
@@ -22,9 +35,37 @@ def is_postgres(conn: object) -> bool:
     return getattr(conn, "dialect", None) == DIALECT
 
 
+def map_driver_error(exc: Exception) -> StoreError | None:
+    """``exc`` as a store error if it is one or a database driver's; ``None`` for anything else."""
+    if isinstance(exc, StoreError):
+        return exc
+    if isinstance(exc, sqlite3.Error):
+        return map_sqlite_error(exc)
+    if "psycopg" in sys.modules:
+        import psycopg
+
+        from server.store._pg import map_pg_error
+
+        if isinstance(exc, psycopg.Error):
+            return map_pg_error(exc)
+    return None
+
+
 def lock_clause(conn: object, clause: str = "FOR UPDATE") -> str:
     """``" " + clause`` on PostgreSQL, ``""`` on SQLite (whose writers are already serialised)."""
     return f" {clause}" if is_postgres(conn) else ""
+
+
+class DbRow(Protocol):
+    """A result row: by index or column name, ``keys()``, iterable (``sqlite3.Row``, ``PgRow``)."""
+
+    def __getitem__(self, key: Any, /) -> Any: ...
+
+    def keys(self) -> list[str]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+    def __len__(self) -> int: ...
 
 
 class DbCursor(Protocol):

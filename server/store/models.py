@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Final, Literal
 
 from lanes import ThreadLaneStatistics
+from server.store._group import GroupCommitStatistics
 
 __all__ = [
     "CONVERSATION_STATUSES",
@@ -20,6 +21,7 @@ __all__ = [
     "Page",
     "SegmentRow",
     "StoreStatistics",
+    "SummaryFields",
     "TokenInfo",
     "User",
 ]
@@ -126,6 +128,22 @@ class Conversation:
 
 
 @dataclass(frozen=True, slots=True)
+class SummaryFields:
+    """What completing a conversation writes: its summary's columns and structured JSON.
+
+    Attributes:
+        structured: the summary's structured result (a JSON object; ``ValidationError`` if not
+            serialisable).
+    """
+
+    title: str
+    overview: str
+    emoji: str
+    category: str
+    structured: Mapping[str, object]
+
+
+@dataclass(frozen=True, slots=True)
 class ListQuery:
     """Filters of a conversation list (built by the store from its keyword arguments).
 
@@ -159,6 +177,7 @@ class StoreStatistics:
         failed: operations that raised a store error.
         connections_open: database connections open now.
         connections_created: connections opened since the start.
+        segment_writes: the group commit of segment writes (one lane call per batch).
     """
 
     lane: ThreadLaneStatistics
@@ -166,3 +185,4 @@ class StoreStatistics:
     failed: int
     connections_open: int
     connections_created: int
+    segment_writes: GroupCommitStatistics

@@ -27,6 +27,7 @@ import trio
 
 from lanes import LaneError, ThreadLane
 from server.store import _cluster as cluster, _conversations as conv, _users as users
+from server.store._group import GroupCommit
 from server.store._pool import ConnectionPool
 from server.store._tx import write_transaction
 from server.store._validate import (
@@ -44,10 +45,11 @@ from server.store.models import (
     Page,
     SegmentRow,
     StoreStatistics,
+    SummaryFields,
     TokenInfo,
     User,
 )
-from server.store.repository import TransactionHook
+from server.store.protocol import CompletionHook
 
 __all__ = ["DB_FILENAME", "DEFAULT_MAX_WAITING", "SqliteStore", "open_sqlite_store"]
 
@@ -67,13 +69,14 @@ ArgsT = TypeVarTuple("ArgsT")
 
 @final
 class SqliteStore:
-    """The :class:`~server.store.repository.Store` on SQLite; made by :func:`open_sqlite_store`."""
+    """The :class:`~server.store.protocol.Store` on SQLite; made by :func:`open_sqlite_store`."""
 
     def __init__(self, lane: ThreadLane, pool: ConnectionPool) -> None:
         self._lane = lane
         self._pool = pool
         self._calls = 0
         self._failed = 0
+        self._segment_writes = GroupCommit(self._save_segments_batch)
 
     async def _run(
         self, fn: Callable[[sqlite3.Connection, Unpack[ArgsT]], RetT], *args: *ArgsT
@@ -162,14 +165,20 @@ class SqliteStore:
             if row.conversation_id != conversation_id:
                 message = f"segment {row.id!r} belongs to conversation {row.conversation_id!r}"
                 raise ValidationError("upserts", message)
-        return await self._run(
-            conv.save_segments,
-            conversation_id,
-            tuple(upserts),
-            tuple(removed_ids),
-            finished_at,
-            started_at,
-        )
+        write = (conversation_id, tuple(upserts), tuple(removed_ids), finished_at, started_at)
+        self._calls += 1
+        try:
+            await self._segment_writes.submit(write)
+        except StoreError:
+            self._failed += 1
+            raise
+
+    async def _save_segments_batch(
+        self, writes: Sequence[conv.SegmentWrite]
+    ) -> list[Exception | None]:
+        """Every session's concurrent segment writes in one lane call and one transaction
+        (counted per write by :meth:`save_segments`, not here)."""
+        return await self._lane.run_sync(self._pool.run, conv.save_segments_batch, tuple(writes))
 
     async def close_conversation(self, conversation_id: str, now: float) -> CloseOutcome:
         """End an ``in_progress`` conversation atomically.
@@ -203,26 +212,22 @@ class SqliteStore:
     async def complete_conversation(
         self,
         conversation_id: str,
-        structured: Mapping[str, object],
-        title: str,
-        overview: str,
-        emoji: str,
-        category: str,
+        summary: SummaryFields,
         now: float,
         *,
-        extra: TransactionHook | None = None,
-    ) -> bool:
+        extra: CompletionHook | None = None,
+    ) -> Conversation | None:
         """Mark a ``processing`` conversation ``completed`` with its summary.
 
-        ``extra(conn)`` runs inside the same transaction only when the transition happens (the
-        place to add outbox rows atomically); if it raises, nothing is committed.
+        ``extra(conn, completed)`` runs inside the same transaction only when the transition
+        happens (the place to add outbox rows atomically); if it raises, nothing is committed.
 
         Returns:
-            ``False`` if the conversation is gone or not ``processing`` (e.g. already completed
-            by a worker whose lease had expired); nothing is written then.
+            The completed conversation with its segments; ``None`` if it is gone or not
+            ``processing`` (e.g. already completed by a worker whose lease had expired);
+            nothing is written then.
         """
-        summary = (title, overview, emoji, category)
-        payload = structured_json(structured)
+        payload = structured_json(summary.structured)
         return await self._run(
             conv.complete_conversation, conversation_id, payload, summary, now, extra
         )
@@ -367,6 +372,7 @@ class SqliteStore:
             failed=self._failed,
             connections_open=self._pool.open_count,
             connections_created=self._pool.created,
+            segment_writes=self._segment_writes.statistics(),
         )
 
 

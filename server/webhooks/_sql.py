@@ -13,8 +13,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Final, cast
 
-from server.store._db import lock_clause
-from server.store._tx import new_id
+from server.store import lock_clause, new_id
 from server.webhooks.models import (
     Attempt,
     Delivery,

@@ -34,8 +34,7 @@ import trio
 import lanes
 from server.clock import wall_now
 from server.drain import Drain
-from server.wakeup import Wakeup
-from server.webhooks._wait import wait_any
+from server.wakeup import Wakeup, wait_any
 from server.webhooks.models import Attempt, DeliveryStatus, DueDelivery
 from server.webhooks.payloads import append_query, attempt_headers, reply_message
 from server.webhooks.repository import WebhookRepository
@@ -182,7 +181,7 @@ class DeliveryWorkers:
         )
         self._app_messages = 0
 
-    async def run(  # noqa: ASYNC114 -- started by Integrations.start_workers
+    async def run(  # noqa: ASYNC114 -- started by Components.start_workers
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Deliver until drained; attempts already running finish (each within ``timeout_s``)."""

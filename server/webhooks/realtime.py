@@ -5,7 +5,7 @@ Its hook methods are synchronous and O(endpoints of the user): they look the use
 up in an in-memory cache (refreshed by the API on every registration change, never a database
 query per call), add the data to a per-(session, endpoint, kind) stream, and put a wake-up into
 that stream's :class:`lanes.LatestSlot`. One consumer task per stream (owned by the
-integrations nursery) posts through the webhook HTTP lane, so at most one request per stream is
+realtime nursery of :mod:`server.compose`) posts through the webhook HTTP lane, so at most one request per stream is
 in flight and a slow endpoint only ever delays itself.
 
 What is sent, and what can be lost:
@@ -340,7 +340,7 @@ class RealtimeDispatcher:
         self._counts[name] = self._counts.get(name, 0) + 1
 
     def close_all(self) -> None:
-        """Close every stream (the integrations layer is ending)."""
+        """Close every stream (the server run is ending)."""
         for key in list(self._streams):
             self._close(key)
         self._by_session.clear()

@@ -18,9 +18,16 @@ import trio
 from lanes import ThreadLane
 from server.clock import wall_now
 from server.drain import Drain
-from server.store import MIGRATIONS, Conversation, SegmentRow, SqliteStore, User, apply_migrations
+from server.store import (
+    MIGRATIONS,
+    Conversation,
+    SegmentRow,
+    SqliteStore,
+    User,
+    apply_migrations,
+    new_id,
+)
 from server.store._pool import ConnectionPool
-from server.store._tx import new_id
 from server.webhooks.models import Endpoint, OwnerKind
 from server.webhooks.repository import WebhookRepository
 from server.webhooks.signing import new_secret

@@ -241,7 +241,7 @@ async def test_a_session_moves_to_another_node_and_caps_and_tickets_hold_across_
             assert closed.close_code == 1013 and "too many live sessions" in str(
                 closed.close_reason
             )
-        registry = node_a.context.services["sessions"]
+        registry = node_a.context.sessions
         await wait_until(lambda: registry.statistics().live == 0)
         async with open_listen(node_b, token=token) as ws:
             await read_until(ws, second, _ready)

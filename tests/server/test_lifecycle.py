@@ -80,7 +80,7 @@ async def test_reconnect_within_the_timeout_resumes_the_conversation(
     nursery: trio.Nursery, make_settings: Callable[..., Settings], clock: trio.testing.MockClock
 ) -> None:
     server, token = await _setup(nursery, make_settings)
-    registry = server.context.services["sessions"]
+    registry = server.context.sessions
     with trio.fail_after(JUMPS_S + 30):
         for seed in (1, 2):
             async with open_listen(server, token=token) as ws:
@@ -117,7 +117,7 @@ async def test_sweeper_closes_abandoned_conversations(
         assert user is not None
         assert (await store.get_in_progress(user.id)) is not None
         clock.jump(125)  # past the timeout: the next sweep closes it
-        sweeper = server.context.services["sweeper"]
+        sweeper = server.components.sweeper
         await wait_until(lambda: sweeper.statistics().closed == 1)
         conversations = await _conversations(server, token)
     assert [c["status"] for c in conversations] in (["processing"], ["completed"])
@@ -133,7 +133,7 @@ async def test_sweeper_leaves_conversations_of_live_sessions_alone(
             for frame in frames(pcm(1.0)):
                 await ws.send_message(frame)
             await read_until(ws, received, lambda r: len(r.segments) == 1)
-            swept = await server.context.services["sweeper"].sweep_once()
+            swept = await server.components.sweeper.sweep_once()
     assert swept == 0
 
 
@@ -147,7 +147,7 @@ async def test_empty_conversations_are_discarded(
             assert len(await _conversations(server, token)) == 1  # opened at session start
             clock.jump(125)
             await ws.send_message(b"\x00")  # keepalive: wakes nothing, just proves liveness
-            await wait_until(lambda: server.context.services["sessions"].statistics().live == 1)
+            await wait_until(lambda: server.context.sessions.statistics().live == 1)
             store = server.context.store
             user = await store.get_user_by_name("alice")
             assert user is not None

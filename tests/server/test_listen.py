@@ -253,7 +253,7 @@ async def test_shutdown_sends_last_segments_then_1001(
         async with trio.open_nursery() as clients:
             for token in tokens:
                 clients.start_soon(stream, token)
-            registry = server.context.services["sessions"]
+            registry = server.context.sessions
             await wait_until(lambda: registry.statistics().live == 2)
             await wait_until(lambda: sum(len(r.segments) for r in partial) >= 2)
             server.request_shutdown()
@@ -299,7 +299,7 @@ async def test_embedded_stt_with_vad_returns_most_words_of_real_speech(
     heard = received.joined().split()
     assert len(set(reference) & set(heard)) >= 0.7 * len(set(reference)), heard
     assert server.context.stats["stt"]()["finals"] >= 1
-    skipped = server.context.services["sessions"].statistics().vad_skipped_share
+    skipped = server.context.sessions.statistics().vad_skipped_share
     assert 0.0 < skipped < 0.6  # the trailing second of silence was not sent to STT
 
 

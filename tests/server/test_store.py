@@ -1,4 +1,11 @@
-"""The SQLite store: every operation, tokens, pagination, isolation, leases, concurrency, cleanup."""
+"""The store contract (every operation, tokens, pagination, isolation, leases, concurrency) run
+against every backend in ``STORE_BACKENDS`` through the :class:`~server.store.Store` protocol,
+plus the SQLite backend's own guarantees (pragmas, its lane, cleanup) on ``sqlite_store``.
+
+A second backend joins the contract tests by adding its opener to ``STORE_BACKENDS``; the tests
+themselves use only the protocol (``run_in_transaction`` hands them the backend's connection,
+so the few raw-SQL checks use the ``?`` paramstyle shared by sqlite3).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +13,8 @@ import gc
 import hashlib
 import sqlite3
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,7 +28,9 @@ from server.store import (
     NotFoundError,
     SegmentRow,
     SqliteStore,
+    Store,
     StoreClosedError,
+    SummaryFields,
     User,
     ValidationError,
     open_sqlite_store,
@@ -35,17 +45,29 @@ def _db_path(tmp_path: Path) -> Path:
     return tmp_path / "nested" / "dir" / "store.db"
 
 
-@pytest.fixture(name="store")
-async def _store(db_path: Path) -> AsyncIterator[SqliteStore]:
+#: Every backend the contract tests run against: name -> opener of a fresh store at a path.
+STORE_BACKENDS: dict[str, Callable[[Path], AbstractAsyncContextManager[Store]]] = {
+    "sqlite": open_sqlite_store,
+}
+
+
+@pytest.fixture(name="store", params=sorted(STORE_BACKENDS))
+async def _store(request: pytest.FixtureRequest, db_path: Path) -> AsyncIterator[Store]:
+    async with STORE_BACKENDS[request.param](db_path) as store:
+        yield store
+
+
+@pytest.fixture(name="sqlite_store")
+async def _sqlite_store(db_path: Path) -> AsyncIterator[SqliteStore]:
     async with open_sqlite_store(db_path) as store:
         yield store
 
 
-async def _user(store: SqliteStore, name: str = "alice") -> User:
+async def _user(store: Store, name: str = "alice") -> User:
     return await store.create_user(name, T0)
 
 
-async def _conversation(store: SqliteStore, user: User, now: float = T0) -> Conversation:
+async def _conversation(store: Store, user: User, now: float = T0) -> Conversation:
     return await store.create_conversation(
         user.id, source="omi", language="en", timeout_s=120.0, now=now
     )
@@ -67,21 +89,25 @@ def _segment(conversation_id: str, idx: int, *, text: str = "", end_s: float = 1
     )
 
 
-async def _spoken(store: SqliteStore, user: User, now: float = T0) -> Conversation:
+async def _spoken(store: Store, user: User, now: float = T0) -> Conversation:
     """A conversation with one segment, last speech at ``now + 5``."""
     conversation = await _conversation(store, user, now)
     await store.save_segments(conversation.id, [_segment(conversation.id, 0)], [], now + 5)
     return conversation
 
 
-async def _count(store: SqliteStore, sql: str, *args: object) -> int:
+async def _count(store: Store, sql: str, *args: object) -> int:
     return await store.run_in_transaction(lambda conn: int(conn.execute(sql, args).fetchone()[0]))
 
 
 # -- opening, pragmas, closing -------------------------------------------------------------------
 
 
-async def test_opens_in_wal_with_the_measured_settings(store: SqliteStore, db_path: Path) -> None:
+async def test_opens_in_wal_with_the_measured_settings(
+    sqlite_store: SqliteStore, db_path: Path
+) -> None:
+    store = sqlite_store
+
     def pragmas(conn: sqlite3.Connection) -> tuple[object, ...]:
         names = ("synchronous", "busy_timeout", "foreign_keys")
         return tuple(conn.execute(f"PRAGMA {name}").fetchone()[0] for name in names)
@@ -123,7 +149,7 @@ async def test_own_lane_is_closed_on_exit(db_path: Path) -> None:
 # -- users and tokens ------------------------------------------------------------------------------
 
 
-async def test_users(store: SqliteStore) -> None:
+async def test_users(store: Store) -> None:
     bob = await store.create_user("bob", T0)
     alice = await store.create_user("alice", T0 + 1)
     assert await store.get_user(bob.id) == bob
@@ -134,7 +160,8 @@ async def test_users(store: SqliteStore) -> None:
         await store.create_user("alice", T0 + 2)
 
 
-async def test_tokens_are_stored_hashed_only(store: SqliteStore, db_path: Path) -> None:
+async def test_tokens_are_stored_hashed_only(sqlite_store: SqliteStore, db_path: Path) -> None:
+    store = sqlite_store
     alice = await _user(store)
     raw, info = await store.create_token(alice.id, "laptop", T0)
     assert raw.startswith("ts_") and len(raw) == 46 and raw.startswith(info.prefix)
@@ -147,7 +174,7 @@ async def test_tokens_are_stored_hashed_only(store: SqliteStore, db_path: Path) 
         await store.create_token("no-such-user", "x", T0)
 
 
-async def test_authenticate_rejects_unknown_and_revoked(store: SqliteStore) -> None:
+async def test_authenticate_rejects_unknown_and_revoked(store: Store) -> None:
     alice, bob = await _user(store), await _user(store, "bob")
     raw, info = await store.create_token(alice.id, "", T0)
     raw_b, _ = await store.create_token(bob.id, "", T0)
@@ -163,7 +190,7 @@ async def test_authenticate_rejects_unknown_and_revoked(store: SqliteStore) -> N
     assert listed.revoked_at == T0 + 2 and listed.id == info.id
 
 
-async def test_last_used_is_written_at_most_once_a_minute(store: SqliteStore) -> None:
+async def test_last_used_is_written_at_most_once_a_minute(store: Store) -> None:
     alice = await _user(store)
     raw, _ = await store.create_token(alice.id, "", T0)
 
@@ -183,7 +210,7 @@ async def test_last_used_is_written_at_most_once_a_minute(store: SqliteStore) ->
 # -- the live conversation --------------------------------------------------------------------------
 
 
-async def test_create_and_resume_in_progress(store: SqliteStore) -> None:
+async def test_create_and_resume_in_progress(store: Store) -> None:
     alice = await _user(store)
     assert await store.get_in_progress(alice.id) is None
     first = await _conversation(store, alice, T0)
@@ -197,7 +224,7 @@ async def test_create_and_resume_in_progress(store: SqliteStore) -> None:
     assert first.id != second.id and len(first.id) == 32
 
 
-async def test_save_segments_upserts_removes_and_extends(store: SqliteStore) -> None:
+async def test_save_segments_upserts_removes_and_extends(store: Store) -> None:
     alice = await _user(store)
     conv = await _conversation(store, alice)
     rows = [_segment(conv.id, i, end_s=i + 1.0) for i in range(3)]
@@ -216,7 +243,7 @@ async def test_save_segments_upserts_removes_and_extends(store: SqliteStore) -> 
     assert (again.started_at, again.finished_at) == (T0 + 10.0, T0 + 20)
 
 
-async def test_save_segments_errors_are_atomic(store: SqliteStore) -> None:
+async def test_save_segments_errors_are_atomic(store: Store) -> None:
     alice = await _user(store)
     conv = await _conversation(store, alice)
     with pytest.raises(NotFoundError):
@@ -232,7 +259,7 @@ async def test_save_segments_errors_are_atomic(store: SqliteStore) -> None:
     assert store.statistics().failed == 2  # the validation error never reached the lane
 
 
-async def test_close_discards_empty_and_processes_spoken(store: SqliteStore) -> None:
+async def test_close_discards_empty_and_processes_spoken(store: Store) -> None:
     alice = await _user(store)
     empty = await _conversation(store, alice)
     assert await store.close_conversation(empty.id, T0 + 1) == "discarded"
@@ -253,7 +280,7 @@ async def test_close_discards_empty_and_processes_spoken(store: SqliteStore) -> 
     assert await store.get_in_progress(alice.id) is None
 
 
-async def test_find_expired_in_progress(store: SqliteStore) -> None:
+async def test_find_expired_in_progress(store: Store) -> None:
     alice = await _user(store)
     silent = await _conversation(store, alice, T0)  # no speech: measured from created_at
     spoken = await _spoken(store, alice, T0)  # last speech T0 + 5
@@ -269,7 +296,7 @@ async def test_find_expired_in_progress(store: SqliteStore) -> None:
 # -- processing -----------------------------------------------------------------------------------
 
 
-async def test_claim_lease_expires_and_attempts_count(store: SqliteStore) -> None:
+async def test_claim_lease_expires_and_attempts_count(store: Store) -> None:
     alice = await _user(store)
     conv = await _spoken(store, alice)
     assert await store.claim_for_processing(T0 + 10, 30, 10) == []  # still in progress
@@ -282,46 +309,49 @@ async def test_claim_lease_expires_and_attempts_count(store: SqliteStore) -> Non
     assert again.processing_attempts == 2 and again.next_attempt_at == T0 + 70
 
 
-async def test_complete_runs_extra_in_the_same_transaction(store: SqliteStore) -> None:
+async def test_complete_runs_extra_in_the_same_transaction(store: Store) -> None:
     alice = await _user(store)
     conv = await _spoken(store, alice)
     await store.close_conversation(conv.id, T0 + 10)
 
-    def failing_outbox(conn: sqlite3.Connection) -> None:
+    def failing_outbox(conn: sqlite3.Connection, completed: Conversation) -> None:
         conn.execute("CREATE TABLE outbox (conversation_id TEXT)")
         raise RuntimeError("outbox broke")
 
-    summary: tuple[dict[str, object], str, str, str, str, float] = (
-        {"action_items": []},
+    summary = SummaryFields("Title", "Overview", "📅", "work", {"action_items": []})
+    with pytest.raises(RuntimeError):
+        await store.complete_conversation(conv.id, summary, T0 + 20, extra=failing_outbox)
+    rolled_back = await store.get_conversation(alice.id, conv.id)
+    assert rolled_back is not None and rolled_back.status == "processing"
+    seen: list[Conversation] = []
+
+    def outbox(conn: sqlite3.Connection, completed: Conversation) -> None:
+        seen.append(completed)
+        conn.execute("CREATE TABLE outbox (conversation_id TEXT)")
+        conn.execute("INSERT INTO outbox VALUES (?)", (completed.id,))
+
+    done = await store.complete_conversation(conv.id, summary, T0 + 20, extra=outbox)
+    assert (
+        await _count(store, "SELECT count(*) FROM outbox WHERE conversation_id = ?", conv.id) == 1
+    )
+    assert done is not None and seen == [done]
+    assert done == await store.get_conversation(alice.id, conv.id)  # what was written, segments too
+    assert done.status == "completed" and done.next_attempt_at is None and len(done.segments) == 1
+    assert (done.title, done.overview, done.emoji, done.category) == (
         "Title",
         "Overview",
         "📅",
         "work",
-        T0 + 20,
     )
-    with pytest.raises(RuntimeError):
-        await store.complete_conversation(conv.id, *summary, extra=failing_outbox)
-    rolled_back = await store.get_conversation(alice.id, conv.id)
-    assert rolled_back is not None and rolled_back.status == "processing"
-
-    def outbox(conn: sqlite3.Connection) -> None:
-        conn.execute("CREATE TABLE outbox (conversation_id TEXT)")
-        conn.execute("INSERT INTO outbox VALUES (?)", (conv.id,))
-
-    assert await store.complete_conversation(conv.id, *summary, extra=outbox) is True
-    assert (
-        await _count(store, "SELECT count(*) FROM outbox WHERE conversation_id = ?", conv.id) == 1
-    )
-    done = await store.get_conversation(alice.id, conv.id)
-    assert done is not None and done.status == "completed" and done.next_attempt_at is None
-    assert (done.title, done.overview, done.emoji, done.category) == summary[1:5]
     assert done.structured == {"action_items": []}
-    assert await store.complete_conversation(conv.id, *summary, extra=outbox) is False  # no rerun
+    assert await store.complete_conversation(conv.id, summary, T0 + 30, extra=outbox) is None
+    assert len(seen) == 1  # no rerun of the hook either
     with pytest.raises(ValidationError, match="structured"):
-        await store.complete_conversation(conv.id, {"x": object()}, "", "", "", "", T0)
+        bad = SummaryFields("", "", "", "", {"x": object()})
+        await store.complete_conversation(conv.id, bad, T0)
 
 
-async def test_fail_and_reschedule(store: SqliteStore) -> None:
+async def test_fail_and_reschedule(store: Store) -> None:
     alice = await _user(store)
     conv = await _spoken(store, alice)
     assert await store.reschedule_processing(conv.id, T0 + 99, "early") is False  # not processing
@@ -345,7 +375,7 @@ async def test_fail_and_reschedule(store: SqliteStore) -> None:
 # -- the user API ----------------------------------------------------------------------------------
 
 
-async def _pages(store: SqliteStore, user: User, **filters: object) -> list[list[str]]:
+async def _pages(store: Store, user: User, **filters: object) -> list[list[str]]:
     pages: list[list[str]] = []
     cursor: str | None = None
     while True:
@@ -356,7 +386,7 @@ async def _pages(store: SqliteStore, user: User, **filters: object) -> list[list
         cursor = page.next_cursor
 
 
-async def test_keyset_pagination_newest_first_and_stable(store: SqliteStore) -> None:
+async def test_keyset_pagination_newest_first_and_stable(store: Store) -> None:
     alice = await _user(store)
     made = [await _conversation(store, alice, T0 + i // 3) for i in range(10)]  # ties in time
     expected = [c.id for c in sorted(made, key=lambda c: (c.created_at, c.id), reverse=True)]
@@ -371,7 +401,7 @@ async def test_keyset_pagination_newest_first_and_stable(store: SqliteStore) -> 
     assert all(c.segments == () for c in second.items)
 
 
-async def test_list_filters_by_status_and_time(store: SqliteStore) -> None:
+async def test_list_filters_by_status_and_time(store: Store) -> None:
     alice = await _user(store)
     made = [await _spoken(store, alice, T0 + i * 10) for i in range(6)]
     for conv in made[::2]:
@@ -384,7 +414,7 @@ async def test_list_filters_by_status_and_time(store: SqliteStore) -> None:
     assert both == [[made[5].id, made[3].id, made[1].id]]
 
 
-async def test_list_omi_filters_offset_and_segments(store: SqliteStore) -> None:
+async def test_list_omi_filters_offset_and_segments(store: Store) -> None:
     """Omi's list: several statuses, discarded and starred filters, offset, with segments."""
     alice = await _user(store)
     made = [await _spoken(store, alice, T0 + i * 10) for i in range(5)]
@@ -420,7 +450,7 @@ async def test_list_omi_filters_offset_and_segments(store: SqliteStore) -> None:
     ],
 )
 async def test_list_rejects_bad_arguments(
-    store: SqliteStore, kwargs: dict[str, object], field: str
+    store: Store, kwargs: dict[str, object], field: str
 ) -> None:
     alice = await _user(store)
     with pytest.raises(ValidationError) as info:
@@ -428,7 +458,7 @@ async def test_list_rejects_bad_arguments(
     assert info.value.field == field
 
 
-async def test_a_user_never_sees_another_users_conversation(store: SqliteStore) -> None:
+async def test_a_user_never_sees_another_users_conversation(store: Store) -> None:
     alice, bob = await _user(store), await _user(store, "bob")
     conv = await _spoken(store, alice)
     assert await store.get_conversation(bob.id, conv.id) is None
@@ -441,7 +471,7 @@ async def test_a_user_never_sees_another_users_conversation(store: SqliteStore) 
     assert kept is not None and kept.title == "" and len(kept.segments) == 1
 
 
-async def test_delete_cascades_to_segments(store: SqliteStore) -> None:
+async def test_delete_cascades_to_segments(store: Store) -> None:
     alice = await _user(store)
     conv = await _spoken(store, alice)
     assert await _count(store, "SELECT count(*) FROM transcript_segments") == 1
@@ -450,7 +480,7 @@ async def test_delete_cascades_to_segments(store: SqliteStore) -> None:
     assert await _count(store, "SELECT count(*) FROM transcript_segments") == 0
 
 
-async def test_update_editable_fields(store: SqliteStore) -> None:
+async def test_update_editable_fields(store: Store) -> None:
     alice = await _user(store)
     conv = await _spoken(store, alice)
     fields = {
@@ -481,7 +511,7 @@ async def test_update_editable_fields(store: SqliteStore) -> None:
     ],
 )
 async def test_update_rejects_bad_fields(
-    store: SqliteStore, fields: dict[str, object], field: str
+    store: Store, fields: dict[str, object], field: str
 ) -> None:
     alice = await _user(store)
     conv = await _spoken(store, alice)
@@ -495,7 +525,7 @@ async def test_update_rejects_bad_fields(
 # -- concurrency --------------------------------------------------------------------------------------
 
 
-async def test_fifty_concurrent_writers_all_land(store: SqliteStore) -> None:
+async def test_fifty_concurrent_writers_all_land(store: Store) -> None:
     alice = await _user(store)
     shared = await _conversation(store, alice)
     own = [await _conversation(store, alice) for _ in range(25)]

@@ -10,10 +10,9 @@ import trio
 from standardwebhooks.webhooks import Webhook
 
 from server.clock import wall_now
+from server.routes.webhooks import MAX_ENDPOINTS_PER_USER
 from server.settings import Settings
-from server.store import SegmentRow
-from server.store._tx import new_id
-from server.webhooks.routes import MAX_ENDPOINTS_PER_USER
+from server.store import SegmentRow, new_id
 from tests.conftest import auth, create_user_token, start_server
 from tests.fakes.receivers import Reply, json_reply, open_receivers
 
@@ -156,7 +155,7 @@ async def insert_processing_conversation(server: Any, user_id: str, texts: list[
     ]
     await store.save_segments(conversation.id, rows, [], now)
     assert await store.close_conversation(conversation.id, now) == "processing"
-    server.context.services["processing"].set()
+    server.components.processing_wakeup.set()
     return conversation.id
 
 

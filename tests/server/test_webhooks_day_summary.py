@@ -11,10 +11,10 @@ import trio.testing
 
 import lanes
 from server.clock import wall_now
+from server.processing.day_summary import DaySummaryScheduler, day_start, next_run_at
 from server.processing.summarise_embedded import EmbeddedSummariser
 from server.processing.worker import ProcessingConfig, ProcessingWorkers
 from server.wakeup import Wakeup
-from server.webhooks.day_summary import DaySummaryScheduler, day_start, next_run_at
 from tests.fakes.webhook_world import World, add_endpoint, open_world, processing_conversation
 
 HOUR = 3600.0

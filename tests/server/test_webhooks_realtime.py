@@ -12,7 +12,7 @@ import trio
 from standardwebhooks.webhooks import Webhook
 
 import lanes
-from server.integrations import webhook_lane_settings
+from server.compose import webhook_lane_settings
 from server.settings import Settings
 from server.webhooks.models import Endpoint
 from server.webhooks.realtime import RealtimeConfig, RealtimeDispatcher

@@ -21,8 +21,7 @@ import pytest
 import trio
 from standardwebhooks.webhooks import Webhook
 
-from server.store import DB_FILENAME, SegmentRow, open_sqlite_store
-from server.store._tx import new_id
+from server.store import DB_FILENAME, SegmentRow, new_id, open_sqlite_store
 from server.webhooks.repository import WebhookRepository
 from tests.fakes.receivers import Receivers, Reply, open_receivers
 from tests.fakes.webhook_world import MEETING, World, add_endpoint

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from server.store.models import (
     CloseOutcome,
@@ -22,20 +22,34 @@ from server.store.models import (
     Page,
     SegmentRow,
     StoreStatistics,
+    SummaryFields,
     TokenInfo,
     User,
 )
 
-__all__ = ["Store", "TransactionHook"]
+__all__ = ["CompletionHook", "Store", "TransactionHook"]
+
+RetT = TypeVar("RetT")
 
 #: Runs inside a store method's transaction, on the backend's connection, in the storage
 #: thread (for :class:`~server.store.sqlite.SqliteStore`: a ``sqlite3.Connection``). This is how
 #: later work adds rows atomically with a state change (e.g. outbox rows with a completion).
 TransactionHook = Callable[[sqlite3.Connection], None]
+#: Runs inside :meth:`Store.complete_conversation`'s transaction with the completed conversation
+#: (segments included): the place to queue a ``memory_created`` outbox row atomically.
+CompletionHook = Callable[[sqlite3.Connection, Conversation], None]
 
 
 class Store(Protocol):
     """Users, API tokens, conversations and their transcript segments."""
+
+    async def run_in_transaction(self, fn: Callable[[sqlite3.Connection], RetT]) -> RetT:
+        """Run ``fn(conn)`` in one write transaction on the backend's connection (storage lane).
+
+        How companion repositories (the webhook outbox) add operations of their own; backend
+        errors map to ``StoreError``, other exceptions roll back and pass through.
+        """
+        ...
 
     # -- users and tokens ------------------------------------------------------------------
 
@@ -114,16 +128,20 @@ class Store(Protocol):
     async def complete_conversation(
         self,
         conversation_id: str,
-        structured: Mapping[str, object],
-        title: str,
-        overview: str,
-        emoji: str,
-        category: str,
+        summary: SummaryFields,
         now: float,
         *,
-        extra: TransactionHook | None = None,
-    ) -> bool:
-        """Mark a ``processing`` conversation ``completed``; ``False`` if it was not processing."""
+        extra: CompletionHook | None = None,
+    ) -> Conversation | None:
+        """Mark a ``processing`` conversation ``completed`` with ``summary``.
+
+        ``extra(conn, completed)`` runs in the same transaction, only when the transition
+        happens; if it raises, nothing is committed.
+
+        Returns:
+            the completed conversation with its segments, or ``None`` if it was gone or not
+            ``processing`` (nothing is written then).
+        """
         ...
 
     async def fail_conversation(self, conversation_id: str, reason: str, now: float) -> bool:

@@ -79,7 +79,7 @@ class DaySummaryScheduler:
         self.runs = 0
         self.queued = 0
 
-    async def run(  # noqa: ASYNC114 -- started by Integrations.start_workers
+    async def run(  # noqa: ASYNC114 -- started by Components.start_workers
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Sleep until each day's hour and queue the summaries; return when drained or off."""

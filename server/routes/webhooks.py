@@ -25,19 +25,19 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from typing import Final, Protocol
+from typing import Final
 
 import trio
 from quart import Blueprint, Response, request
 
-from server.app import ctx_of, json_response
 from server.clock import wall_now
 from server.errors import ApiError
-from server.routes.deps import current_user, read_json_object
-from server.store._tx import new_id
+from server.routes.deps import ctx_of, current_user, json_response, read_json_object
+from server.store import new_id
 from server.views import iso
 from server.webhooks.models import APP_TRIGGERS, WEBHOOK_KINDS, Delivery, Endpoint, OwnerKind
-from server.webhooks.repository import LimitReachedError, WebhookRepository
+from server.webhooks.repository import LimitReachedError
+from server.webhooks.service import WebhookApi
 from server.webhooks.signing import new_secret
 from server.webhooks.ssrf import (
     SsrfError,
@@ -49,7 +49,6 @@ from server.webhooks.ssrf import (
 __all__ = [
     "MAX_ENDPOINTS_PER_USER",
     "ROTATION_GRACE_S",
-    "WebhookApi",
     "blueprint",
     "delivery_json",
     "endpoint_json",
@@ -66,30 +65,12 @@ RESOLVE_TIMEOUT_S: Final = 5.0
 ROTATION_GRACE_S: Final = 24 * 3600.0
 DEFAULT_LOG_LIMIT: Final = 20
 MAX_LOG_LIMIT: Final = 100
-SERVICE_KEY: Final = "webhooks"
 
 blueprint = Blueprint("webhooks", __name__, url_prefix="/v1")
 
 
-class WebhookApi(Protocol):
-    """What the routes need from the integrations layer (``ctx.services["webhooks"]``)."""
-
-    repo: WebhookRepository
-
-    async def refresh_user(self, user_id: str) -> None:
-        """Reload the user's endpoints into the realtime cache."""
-        ...
-
-    def wake_delivery(self) -> None:
-        """Wake the durable delivery workers."""
-        ...
-
-
 def _api() -> WebhookApi:
-    api: WebhookApi | None = ctx_of().services.get(SERVICE_KEY)
-    if api is None:
-        raise ApiError(503, "unavailable", "webhooks are not available on this server")
-    return api
+    return ctx_of().webhooks
 
 
 # -- JSON shapes -------------------------------------------------------------------------------

@@ -1,0 +1,187 @@
+"""Group commit: concurrent writes of one kind share one storage call and one transaction.
+
+Every live session persists its new segments a few times a second. One storage-lane call per
+session and flush costs a thread hop and a transaction each, and at a few hundred sessions the
+lane's queue fills (``LaneFullError``: sessions refused with 1013, segment writes retried).
+:class:`GroupCommit` turns N concurrent ``submit(item)`` calls into ``ceil(N / max_batch)``
+calls of ``run_batch(items)``, which the backend runs as one transaction with a savepoint per
+item, so one bad item (a conversation deleted meanwhile) fails alone.
+
+How (no task of its own, so the store needs no nursery):
+
+- The first caller to find no batch in flight becomes the **leader**: after one checkpoint
+  (so callers made runnable at the same moment join), it takes up to ``max_batch`` pending
+  items and runs them. Callers arriving meanwhile queue; when the batch ends the leader
+  hands leadership to the oldest queued caller, whose batch then holds everything that queued.
+  Under load the batch grows with the queue; idle, a write is one call, as before.
+- **Results** are per item: ``submit`` returns when its item is committed, or raises the
+  exception of its own item (or of the whole batch call, e.g. ``LaneFullError``).
+- **Cancellation**: a queued caller that is cancelled withdraws its item (it was not written)
+  and, if it had just been handed leadership, passes it on. A leader's batch runs shielded
+  under its own deadline (``budget_s``), because other callers' items are in it; on expiry
+  every item of the batch fails with :class:`StoreUnavailableError` (its outcome unknown, as
+  for any cancelled write). The leader's own cancellation is delivered at its next checkpoint.
+- **Bounds**: ``max_pending`` queued items at most; more raise :class:`StoreUnavailableError`
+  at once (the caller keeps its data and retries, as for a full lane).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Final, Generic, TypeVar
+
+import trio
+
+from server.store.errors import StoreUnavailableError
+
+__all__ = ["GroupCommit", "GroupCommitStatistics"]
+
+ItemT = TypeVar("ItemT")
+
+DEFAULT_MAX_BATCH: Final = 256
+DEFAULT_MAX_PENDING: Final = 10_000
+DEFAULT_BUDGET_S: Final = 30.0
+
+#: Runs items in one transaction; returns, per item in order, ``None`` or the item's exception.
+BatchRunner = Callable[[Sequence[ItemT]], Awaitable[Sequence[Exception | None]]]
+
+
+@dataclass(frozen=True, slots=True)
+class GroupCommitStatistics:
+    """Counters of one :class:`GroupCommit`.
+
+    Attributes:
+        batches: ``run_batch`` calls made.
+        items: items submitted to those calls.
+        largest_batch: the most items one call carried.
+        pending: items queued now (not yet in a batch).
+        refused: submits refused because ``max_pending`` items were queued.
+        withdrawn: queued items withdrawn by their cancelled caller.
+    """
+
+    batches: int
+    items: int
+    largest_batch: int
+    pending: int
+    refused: int
+    withdrawn: int
+
+
+@dataclass(eq=False, slots=True)
+class _Slot(Generic[ItemT]):
+    item: ItemT
+    wake: trio.Event = field(default_factory=trio.Event)
+    promoted: bool = False
+    finished: bool = False
+    error: Exception | None = None
+
+
+class GroupCommit(Generic[ItemT]):
+    """Coalesces concurrent :meth:`submit` calls into batched ``run_batch`` calls."""
+
+    def __init__(
+        self,
+        run_batch: BatchRunner[ItemT],
+        *,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        max_pending: int = DEFAULT_MAX_PENDING,
+        budget_s: float = DEFAULT_BUDGET_S,
+    ) -> None:
+        if max_batch < 1 or max_pending < 1 or budget_s <= 0:
+            raise ValueError("max_batch and max_pending must be >= 1 and budget_s > 0")
+        self._run_batch = run_batch
+        self._max_batch = max_batch
+        self._max_pending = max_pending
+        self._budget_s = budget_s
+        self._pending: deque[_Slot[ItemT]] = deque()
+        self._leading = False
+        self._batches = self._items = self._largest = self._refused = self._withdrawn = 0
+
+    async def submit(self, item: ItemT) -> None:
+        """Write ``item`` in the next batch; return once committed, or raise its error."""
+        if len(self._pending) >= self._max_pending:
+            self._refused += 1
+            raise StoreUnavailableError(f"group commit queue full ({self._max_pending} items)")
+        slot = _Slot(item)
+        self._pending.append(slot)
+        if self._leading:
+            await self._wait_turn(slot)
+            if slot.finished:
+                return self._result(slot)
+        else:
+            self._leading = slot.promoted = True
+        await self._lead(slot)
+        return self._result(slot)
+
+    def statistics(self) -> GroupCommitStatistics:
+        """A snapshot of the counters."""
+        return GroupCommitStatistics(
+            self._batches, self._items, self._largest, len(self._pending), self._refused,
+            self._withdrawn,
+        )  # fmt: skip
+
+    async def _wait_turn(self, slot: _Slot[ItemT]) -> None:
+        """Wait until the slot is finished by another batch or handed leadership."""
+        try:
+            await slot.wake.wait()
+        except BaseException:
+            self._withdraw(slot)
+            raise
+
+    async def _lead(self, slot: _Slot[ItemT]) -> None:
+        """Run batches until ``slot`` is finished, then hand leadership on."""
+        try:
+            await trio.lowlevel.checkpoint()  # callers woken together join this batch
+        except BaseException:
+            self._withdraw(slot)
+            raise
+        try:
+            while not slot.finished:
+                await self._run_one_batch()
+        finally:
+            self._hand_over()
+
+    async def _run_one_batch(self) -> None:  # noqa: ASYNC910 -- run_batch is the checkpoint
+        count = min(len(self._pending), self._max_batch)
+        batch = [self._pending.popleft() for _ in range(count)]
+        self._batches += 1
+        self._items += count
+        self._largest = max(self._largest, count)
+        errors: Sequence[Exception | None] = [None] * count
+        # Shielded (other callers' items are in it) under its own budget; run_batch awaits.
+        with trio.CancelScope(shield=True):  # noqa: ASYNC912
+            with trio.move_on_after(self._budget_s) as budget:  # noqa: ASYNC912
+                try:
+                    errors = await self._run_batch([s.item for s in batch])
+                except Exception as exc:
+                    errors = [exc] * count
+            if budget.cancelled_caught:
+                late = StoreUnavailableError(f"group commit over its {self._budget_s} s budget")
+                errors = [late] * count
+        for one, error in zip(batch, errors, strict=True):
+            one.finished, one.error = True, error
+            one.wake.set()
+
+    def _withdraw(self, slot: _Slot[ItemT]) -> None:
+        """A cancelled caller: drop its unwritten item; pass leadership on if it held it."""
+        if slot in self._pending:
+            self._pending.remove(slot)
+            self._withdrawn += 1
+        if slot.promoted:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Wake the oldest queued caller as the next leader, or mark that none leads."""
+        if self._pending:
+            head = self._pending[0]
+            head.promoted = True
+            head.wake.set()
+        else:
+            self._leading = False
+
+    @staticmethod
+    def _result(slot: _Slot[ItemT]) -> None:
+        if slot.error is not None:
+            raise slot.error
