@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import httpx
+import psycopg
 import pytest
 import trio
 import trio.testing
@@ -27,8 +28,16 @@ from server.clock import wall_now
 from server.drain import Drain
 from server.serve import ServerHandle
 from server.settings import Settings
-from server.store import SegmentRow, SqliteStore, Store, open_sqlite_store
+from server.store import (
+    LATEST_VERSION,
+    SchemaTooNewError,
+    SegmentRow,
+    SqliteStore,
+    Store,
+    open_sqlite_store,
+)
 from server.store._tx import new_id
+from server.store.migrations import schema_version
 from server.store.postgres import open_postgres_store
 from server.webhooks.delivery import DeliveryConfig, DeliveryWorkers
 from server.webhooks.models import Endpoint
@@ -369,3 +378,24 @@ async def test_a_killed_node_loses_nothing_another_node_finishes_its_conversatio
             return got.close_code is None
 
         await wait_until_true(admitted, poll_s=0.2)
+
+
+async def test_nodes_starting_together_migrate_once_and_a_newer_schema_is_refused(
+    pg_url: str,
+) -> None:
+    versions: list[int] = []
+
+    async def start() -> None:
+        async with open_postgres_store(pg_url) as store:
+            versions.append(await store.run_in_transaction(lambda conn: schema_version(conn)))
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                nursery.start_soon(start)
+    assert versions == [LATEST_VERSION] * 3
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("UPDATE trioscribe_schema SET version = %s", (LATEST_VERSION + 1,))
+    with pytest.raises(SchemaTooNewError), trio.fail_after(30):
+        async with open_postgres_store(pg_url):
+            pass
