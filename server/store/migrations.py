@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from server.store._cluster import SQL_MIGRATION as _SQL_CLUSTER
-from server.store._db import is_postgres
+from server.store._db import DbConnection, is_postgres
 from server.store.errors import SchemaTooNewError, StoreError
 
 __all__ = ["LATEST_VERSION", "MIGRATIONS", "Migration", "apply_migrations", "schema_version"]
@@ -176,7 +176,7 @@ _PG_LOCK: Final = (
 )
 
 
-def schema_version(conn: sqlite3.Connection) -> int:
+def schema_version(conn: DbConnection) -> int:
     """The database's schema version (``PRAGMA user_version`` on SQLite; 0 for a new database)."""
     if is_postgres(conn):
         row = conn.execute("SELECT version FROM trioscribe_schema").fetchone()
@@ -185,7 +185,7 @@ def schema_version(conn: sqlite3.Connection) -> int:
     return int(row[0])
 
 
-def _begin_exclusive(conn: sqlite3.Connection) -> None:
+def _begin_exclusive(conn: DbConnection) -> None:
     """Open a transaction that no other migrating starter runs concurrently with."""
     conn.execute("BEGIN IMMEDIATE")
     if is_postgres(conn):
@@ -193,7 +193,7 @@ def _begin_exclusive(conn: sqlite3.Connection) -> None:
         conn.execute(_PG_VERSION_TABLE)
 
 
-def _set_version(conn: sqlite3.Connection, version: int) -> None:
+def _set_version(conn: DbConnection, version: int) -> None:
     if is_postgres(conn):
         conn.execute(
             "INSERT INTO trioscribe_schema (one, version) VALUES (1, ?)"
@@ -204,7 +204,7 @@ def _set_version(conn: sqlite3.Connection, version: int) -> None:
         conn.execute(f"PRAGMA user_version = {int(version)}")
 
 
-def apply_migrations(conn: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIONS) -> int:
+def apply_migrations(conn: DbConnection, migrations: Sequence[Migration] = MIGRATIONS) -> int:
     """Bring the database up to the last of ``migrations``; return the resulting version.
 
     Idempotent and safe against a concurrent starter: each step re-reads the version inside its
@@ -225,7 +225,7 @@ def apply_migrations(conn: sqlite3.Connection, migrations: Sequence[Migration] =
     return schema_version(conn)
 
 
-def _read_version(conn: sqlite3.Connection) -> int:
+def _read_version(conn: DbConnection) -> int:
     if not is_postgres(conn):
         return schema_version(conn)
     _begin_exclusive(conn)  # creates the version table once, under the lock
@@ -243,7 +243,7 @@ def _check_numbering(migrations: Sequence[Migration]) -> None:
             )
 
 
-def _apply_step(conn: sqlite3.Connection, step: Migration, latest: int) -> None:
+def _apply_step(conn: DbConnection, step: Migration, latest: int) -> None:
     _begin_exclusive(conn)
     try:
         current = schema_version(conn)
@@ -259,7 +259,7 @@ def _apply_step(conn: sqlite3.Connection, step: Migration, latest: int) -> None:
     conn.commit()
 
 
-def _dialect_ddl(conn: sqlite3.Connection, statement: str) -> str:
+def _dialect_ddl(conn: DbConnection, statement: str) -> str:
     if not is_postgres(conn):
         return statement
     from server.store._pg import translate_ddl

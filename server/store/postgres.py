@@ -50,7 +50,7 @@ def redact_url(url: str) -> str:
 
 def _prepare(pool: PgPool) -> int:
     pool.open(CONNECT_TIMEOUT_S)
-    return pool.run(apply_migrations, MIGRATIONS)  # type: ignore[arg-type]
+    return pool.run(apply_migrations, MIGRATIONS)
 
 
 @asynccontextmanager
@@ -77,7 +77,7 @@ async def open_postgres_store(
     try:
         version = await lane.run_sync(_prepare, pool)
         LOGGER.info("store open: %s (schema version %d)", redact_url(url), version)
-        yield SqliteStore(lane, pool)  # type: ignore[arg-type]
+        yield SqliteStore(lane, pool)
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_BUDGET_S) as budget:
             await _close(lane, pool, own_lane)

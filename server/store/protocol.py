@@ -12,10 +12,10 @@ Errors: :class:`~server.store.errors.StoreError` and its subclasses; the storage
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Protocol, TypeVar
 
+from server.store._db import DbConnection
 from server.store.models import (
     CloseOutcome,
     Conversation,
@@ -32,18 +32,18 @@ __all__ = ["CompletionHook", "Store", "TransactionHook"]
 RetT = TypeVar("RetT")
 
 #: Runs inside a store method's transaction, on the backend's connection, in the storage
-#: thread (for :class:`~server.store.sqlite.SqliteStore`: a ``sqlite3.Connection``). This is how
+#: thread (for :class:`~server.store.sqlite.SqliteStore`: a ``DbConnection``). This is how
 #: later work adds rows atomically with a state change (e.g. outbox rows with a completion).
-TransactionHook = Callable[[sqlite3.Connection], None]
+TransactionHook = Callable[[DbConnection], None]
 #: Runs inside :meth:`Store.complete_conversation`'s transaction with the completed conversation
 #: (segments included): the place to queue a ``memory_created`` outbox row atomically.
-CompletionHook = Callable[[sqlite3.Connection, Conversation], None]
+CompletionHook = Callable[[DbConnection, Conversation], None]
 
 
 class Store(Protocol):
     """Users, API tokens, conversations and their transcript segments."""
 
-    async def run_in_transaction(self, fn: Callable[[sqlite3.Connection], RetT]) -> RetT:
+    async def run_in_transaction(self, fn: Callable[[DbConnection], RetT]) -> RetT:
         """Run ``fn(conn)`` in one write transaction on the backend's connection (storage lane).
 
         How companion repositories (the webhook outbox) add operations of their own; backend

@@ -17,16 +17,16 @@ Extension points for later steps (outbox, webhooks, apps):
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Final, TypeVar, TypeVarTuple, Unpack, final
+from typing import TYPE_CHECKING, Final, TypeVar, TypeVarTuple, Unpack, final
 
 import trio
 
 from lanes import LaneError, ThreadLane
 from server.store import _cluster as cluster, _conversations as conv, _users as users
+from server.store._db import DbConnection
 from server.store._group import GroupCommit
 from server.store._pool import ConnectionPool
 from server.store._tx import write_transaction
@@ -51,6 +51,9 @@ from server.store.models import (
 )
 from server.store.protocol import CompletionHook
 
+if TYPE_CHECKING:
+    from server.store._pg import PgPool
+
 __all__ = ["DB_FILENAME", "DEFAULT_MAX_WAITING", "SqliteStore", "open_sqlite_store"]
 
 LOGGER = logging.getLogger(__name__)
@@ -69,18 +72,20 @@ ArgsT = TypeVarTuple("ArgsT")
 
 @final
 class SqliteStore:
-    """The :class:`~server.store.protocol.Store` on SQLite; made by :func:`open_sqlite_store`."""
+    """One class for both backends (named for the default): the pool decides. With a
+    :class:`~server.store._pg.PgPool` (:func:`server.store.postgres.open_postgres_store`) the
+    same methods and SQL run on PostgreSQL.
 
-    def __init__(self, lane: ThreadLane, pool: ConnectionPool) -> None:
+    The :class:`~server.store.protocol.Store` on SQLite; made by :func:`open_sqlite_store`."""
+
+    def __init__(self, lane: ThreadLane, pool: ConnectionPool | PgPool) -> None:
         self._lane = lane
         self._pool = pool
         self._calls = 0
         self._failed = 0
         self._segment_writes = GroupCommit(self._save_segments_batch)
 
-    async def _run(
-        self, fn: Callable[[sqlite3.Connection, Unpack[ArgsT]], RetT], *args: *ArgsT
-    ) -> RetT:
+    async def _run(self, fn: Callable[[DbConnection, Unpack[ArgsT]], RetT], *args: *ArgsT) -> RetT:
         self._calls += 1
         try:
             return await self._lane.run_sync(self._pool.run, fn, *args)
@@ -88,7 +93,7 @@ class SqliteStore:
             self._failed += 1
             raise
 
-    async def run_in_transaction(self, fn: Callable[[sqlite3.Connection], RetT]) -> RetT:
+    async def run_in_transaction(self, fn: Callable[[DbConnection], RetT]) -> RetT:
         """Run ``fn(conn)`` inside one write transaction, in the storage lane.
 
         The hook for SQLite-specific companions (e.g. an outbox repository); ``sqlite3`` errors
@@ -376,7 +381,7 @@ class SqliteStore:
         )
 
 
-def _in_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], RetT]) -> RetT:
+def _in_transaction(conn: DbConnection, fn: Callable[[DbConnection], RetT]) -> RetT:
     with write_transaction(conn):
         return fn(conn)
 
