@@ -34,6 +34,7 @@ from server.store import (
     SegmentRow,
     SqliteStore,
     Store,
+    SummaryFields,
     open_sqlite_store,
 )
 from server.store._tx import new_id
@@ -50,6 +51,7 @@ from tests.server.listen_client import Received, frames, open_listen, pcm, read_
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 T0 = 1_700_000_000.0
+SUMMARY = SummaryFields("t", "o", "e", "other", {})
 
 
 @asynccontextmanager
@@ -128,15 +130,13 @@ async def test_two_nodes_never_hold_the_same_processing_lease(pg_url: str) -> No
         user = await a.create_user("alice", T0)
         ids = await _processing(a, user.id, 40)
         claimed: list[str] = []
-        completed: list[bool] = []
+        completed: list[object] = []
 
         async def work(store: Store) -> None:
             while batch := await store.claim_for_processing(T0 + 100, 600.0, 3):
                 claimed.extend(c.id for c in batch)
                 for conversation in batch:
-                    done = await store.complete_conversation(
-                        conversation.id, {}, "t", "o", "e", "other", T0 + 101
-                    )
+                    done = await store.complete_conversation(conversation.id, SUMMARY, T0 + 101)
                     completed.append(done)
 
         with trio.fail_after(30):
@@ -144,11 +144,11 @@ async def test_two_nodes_never_hold_the_same_processing_lease(pg_url: str) -> No
                 for store in (a, b, a, b):
                     nursery.start_soon(work, store)
         assert sorted(claimed) == sorted(ids), "each conversation leased exactly once"
-        assert completed == [True] * len(ids)
+        assert all(completed) and len(completed) == len(ids)
         page = await b.list_conversations(user.id, status="completed", limit=100)
         assert {c.processing_attempts for c in page.items} == {1}
         # A second completion (a worker whose lease expired) changes nothing.
-        assert not await b.complete_conversation(ids[0], {}, "x", "x", "x", "x", T0 + 200)
+        assert await b.complete_conversation(ids[0], SUMMARY, T0 + 200) is None
 
 
 class _Receiver:
@@ -258,8 +258,10 @@ async def test_a_session_moves_to_another_node_and_caps_and_tickets_hold_across_
                 await ws.send_message(frame)
             await read_until(ws, second, lambda r: r.has("seg0 "))
         async with httpx.AsyncClient(base_url=node_b.url) as client:
-            listed = (await client.get("/v1/conversations", headers=auth(token))).json()
-            (conversation,) = listed["conversations"]
+            listed = (
+                await client.get("/v1/conversations?statuses=in_progress", headers=auth(token))
+            ).json()
+            (conversation,) = listed
             full = await client.get(f"/v1/conversations/{conversation['id']}", headers=auth(token))
             segments = full.json()["transcript_segments"]
             # A ticket issued by B is redeemed on A, once.
