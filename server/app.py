@@ -18,7 +18,7 @@ from lanes import LaneClosedError, LaneFullError
 from server.context import AppContext
 from server.errors import ApiError, error_body
 from server.listen.wire import AsgiApp, Receive, Scope, Send
-from server.routes import admin, api, health, omi, webhooks
+from server.routes import admin, api, console, health, omi, webhooks
 from server.routes.deps import ctx_of, json_response
 
 __all__ = ["create_app", "create_quart_app"]
@@ -79,6 +79,7 @@ def create_quart_app(ctx: AppContext) -> QuartTrio:
     app.register_blueprint(omi.blueprint)
     app.register_blueprint(admin.blueprint)
     app.register_blueprint(webhooks.blueprint)
+    app.register_blueprint(console.blueprint)
     return app
 
 
