@@ -30,9 +30,10 @@ __all__ = ["Node", "NodeStatistics", "open_node"]
 
 LOGGER = logging.getLogger(__name__)
 
-#: Shielded budget for one bookkeeping write after cancellation (a session's release, the
-#: node's removal on exit).
-CLEANUP_BUDGET_S: Final = 2.0
+#: Shielded budget for one bookkeeping write after cancellation (a session's release, this
+#: node's removal on exit): short, because it may run at the drain deadline; what it could not
+#: write is retried (a release) or expires after ``node_ttl_s`` (the node's row).
+CLEANUP_BUDGET_S: Final = 0.5
 #: Most releases kept for retry when the store failed them (older ones are left to expire with
 #: the node: they only over-count the user's sessions while this node lives).
 MAX_PENDING_RELEASES: Final = 10_000

@@ -23,6 +23,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Final
 
 import httpx
@@ -112,6 +113,13 @@ class Components:
         await nursery.start(self.processing.run)
         await nursery.start(self.delivery.run)
         await nursery.start(self.day_summary.run)
+        settings = self.context.settings
+        if settings.database_url:  # other nodes change registrations too
+            await nursery.start(
+                partial(
+                    self.webhooks.reload_realtime, self.context.drain, settings.realtime_reload_s
+                )
+            )
 
 
 def webhook_lane_settings(settings: Settings) -> HttpLaneSettings:

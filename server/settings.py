@@ -73,6 +73,9 @@ class Settings:
     node_ttl_s: float = _setting(
         30.0, "a node silent this long is dead; its sessions stop counting"
     )
+    realtime_reload_s: float = _setting(
+        15.0, "with --database-url: how often realtime webhook registrations are reloaded"
+    )
     # -- listen sessions
     stt: str = _setting("embedded", "speech-to-text provider: embedded, deepgram or fake")
     vad: str = _setting("active", "voice activity gate before STT: active or off")
@@ -151,6 +154,7 @@ def _validate(s: Settings) -> None:
             "above 1 needs --database-url (PostgreSQL): SQLite is one process's database",
         ),
         ("node_heartbeat_s", s.node_heartbeat_s > 0, "must be > 0"),
+        ("realtime_reload_s", s.realtime_reload_s > 0, "must be > 0"),
         ("node_ttl_s", s.node_ttl_s >= 2 * s.node_heartbeat_s, "must be >= 2 x node_heartbeat_s"),
         ("max_sessions", s.max_sessions >= 1, "must be >= 1"),
         ("max_sessions_per_user", s.max_sessions_per_user >= 1, "must be >= 1"),

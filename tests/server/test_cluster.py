@@ -401,3 +401,24 @@ async def test_nodes_starting_together_migrate_once_and_a_newer_schema_is_refuse
     with pytest.raises(SchemaTooNewError), trio.fail_after(30):
         async with open_postgres_store(pg_url):
             pass
+
+
+async def test_a_realtime_webhook_registered_on_one_node_reaches_the_others_cache(
+    nursery: trio.Nursery, make_settings: Callable[..., Settings], pg_url: str
+) -> None:
+    settings = make_settings(database_url=pg_url, realtime_reload_s=0.2)
+    node_a = await start_server(nursery, settings)
+    node_b = await start_server(nursery, settings)
+    with trio.fail_after(30):
+        async with httpx.AsyncClient(base_url=node_a.url) as client:
+            token = await create_user_token(client, "alice")
+            body = {"kind": "realtime_transcript", "url": "http://127.0.0.1:9/hook"}
+            created = await client.post("/v1/webhooks", json=body, headers=auth(token))
+            assert created.status_code == 201, created.text
+        async with httpx.AsyncClient(base_url=node_b.url) as client:
+
+            async def seen_on_b() -> bool:
+                stats = await client.get("/v1/stats", headers=auth(ADMIN_TOKEN))
+                return bool(stats.json()["webhooks_realtime"]["endpoints"] == 1)
+
+            await wait_until_true(seen_on_b, poll_s=0.05)
