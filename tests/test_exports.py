@@ -22,13 +22,15 @@ ALLOWED: Mapping[str, Set[str]] = {
     "tokens_cli": {"store"},
     "webhooks": {"store"},
     "processing": {"store", "views", "webhooks"},
-    "listen": {"store", "stt", "views"},
-    "context": {"store", "listen", "webhooks"},
+    "cluster": {"store"},
+    "supervisor": set(),
+    "listen": {"store", "stt", "views", "cluster"},
+    "context": {"store", "listen", "webhooks", "cluster"},
     "routes": {"context", "store", "stt", "views", "listen", "webhooks", "processing"},
     "app": {"context", "listen", "routes"},
-    "compose": {"context", "store", "stt", "views", "listen", "webhooks", "processing"},
-    "serve": {"app", "compose", "context", "stt"},
-    "__main__": {"serve", "tokens_cli"},
+    "compose": {"context", "store", "stt", "views", "listen", "webhooks", "processing", "cluster"},
+    "serve": {"app", "compose", "context", "stt", "supervisor"},
+    "__main__": {"serve", "tokens_cli", "supervisor"},
 }
 
 

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import Any, Final, Protocol
 
-from server.store.errors import StoreError, map_sqlite_error
+from server.store.errors import StoreError, map_pg_error, map_sqlite_error
 
 __all__ = [
     "DIALECT",
@@ -43,8 +43,6 @@ def map_driver_error(exc: Exception) -> StoreError | None:
         return map_sqlite_error(exc)
     if "psycopg" in sys.modules:
         import psycopg
-
-        from server.store._pg import map_pg_error
 
         if isinstance(exc, psycopg.Error):
             return map_pg_error(exc)

@@ -42,18 +42,12 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import RowMaker
 
 from server.store._db import DIALECT
-from server.store.errors import (
-    ConflictError,
-    StoreClosedError,
-    StoreError,
-    StoreUnavailableError,
-)
+from server.store.errors import StoreClosedError, StoreUnavailableError, map_pg_error
 
 __all__ = [
     "PgConnection",
     "PgPool",
     "PgRow",
-    "map_pg_error",
     "translate",
     "translate_ddl",
 ]
@@ -282,15 +276,6 @@ class PgConnection:
     def rollback(self) -> None:
         """Roll back the open transaction."""
         self._raw.rollback()
-
-
-def map_pg_error(exc: psycopg.Error) -> StoreError:
-    """Translate a ``psycopg`` exception into the store's error tree (``raise ... from exc``)."""
-    if isinstance(exc, psycopg.errors.IntegrityError):
-        return ConflictError(f"constraint violated: {exc.sqlstate} {exc.diag.message_primary}")
-    if isinstance(exc, psycopg.OperationalError | psycopg.errors.QueryCanceled):
-        return StoreUnavailableError(f"database unavailable: {type(exc).__name__}")
-    return StoreError(f"database error: {type(exc).__name__}: {exc.diag.message_primary}")
 
 
 @final
