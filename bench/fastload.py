@@ -17,7 +17,7 @@ Here:
   :data:`bench.loadgen.LATE_FRAME_S` behind schedule marks its frames late, and a step with any
   late frame is *generator-bound* (``bench.scenarios`` never lets it decide a figure).
 
-Each session still reads and checks every server message (``_handle_text``), as before.
+Each session still reads and checks every server message (``handle_text``), as before.
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ class _Ticker:
 
 async def _receive(live: _Live, ended: trio.Event) -> None:
     """Read and check every server message; a close before the audio ended fails the session."""
-    from bench.loadgen import _handle_text
+    from bench.loadgen.session import handle_text
 
     rec = live.rec
     await trio.lowlevel.checkpoint()
@@ -170,7 +170,7 @@ async def _receive(live: _Live, ended: trio.Event) -> None:
         while True:
             message = await live.ws.get_message()
             if isinstance(message, str):
-                _handle_text(rec, message, trio.current_time())
+                handle_text(rec, message, trio.current_time())
     except RawClosed as exc:
         rec.close_code = exc.code
         if not rec.sending_done:

@@ -21,7 +21,7 @@ if not __package__:  # run as a script: make the project importable
 import httpx
 import trio
 
-from bench._local_http import serve_ok
+from bench.loopback_http import serve_ok
 from lanes import HttpLaneSettings, ThreadLane, open_http_lane
 
 THREAD_CALLS: Final = 2_000

@@ -31,12 +31,12 @@ from functools import partial
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-import h11
 import httpx
 import trio
 
 from bench._stats import LatencySummary, summarise
 from bench.loadgen import SEG_TOKEN, LoadConfig, LoadResult, check_loopback, run_listen_load
+from bench.loopback_http import ConnectionLimit, Request, Response, serve_h11
 
 __all__ = [
     "PROFILES",
@@ -129,10 +129,9 @@ class ReceiverFleet:
     slow_s: float = SLOW_DELAY_S
     deliveries: deque[Delivery] = field(default_factory=lambda: deque(maxlen=MAX_RECORDS))
     _counters: dict[str, _ProfileCounters] = field(default_factory=dict)
-    _connections: trio.CapacityLimiter = field(
-        default_factory=lambda: trio.CapacityLimiter(MAX_CONNECTIONS)
+    _connections: ConnectionLimit = field(
+        default_factory=lambda: ConnectionLimit(trio.CapacityLimiter(MAX_CONNECTIONS))
     )
-    _refused: int = 0
     _dropped: int = 0
     _arrived: trio.Event = field(default_factory=trio.Event)
 
@@ -158,8 +157,9 @@ class ReceiverFleet:
             )
             for name, c in self._counters.items()
         }
+        connections = self._connections
         return FleetStatistics(
-            profiles, self._connections.borrowed_tokens, self._refused, self._dropped
+            profiles, connections.limiter.borrowed_tokens, connections.refused, self._dropped
         )
 
     def all_urls(self) -> list[str]:
@@ -203,36 +203,6 @@ def _classify(body: bytes) -> tuple[str, tuple[str, ...]]:
     return "other", ()
 
 
-async def _read_request(
-    conn: h11.Connection, stream: trio.SocketStream
-) -> tuple[h11.Request, bytes] | None:
-    """The next complete request, or None when the client closed."""
-    request: h11.Request | None = None
-    body = bytearray()
-    while True:  # noqa: ASYNC913 -- each turn consumes buffered data or reads more
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            conn.receive_data(bytes(await stream.receive_some(READ_CHUNK_BYTES)))
-        elif isinstance(event, h11.Request):
-            request = event
-        elif isinstance(event, h11.Data):
-            body += event.data
-            if len(body) > MAX_REQUEST_BYTES:
-                raise h11.RemoteProtocolError("request body too large")
-        elif isinstance(event, h11.EndOfMessage) and request is not None:
-            return request, bytes(body)  # noqa: ASYNC910 -- the caller checkpoints to answer
-        else:  # ConnectionClosed or PAUSED
-            await trio.lowlevel.checkpoint()
-            return None
-
-
-def _response(conn: h11.Connection, status: int, body: bytes) -> bytes:
-    headers = [("content-type", "text/plain"), ("content-length", str(len(body)))]
-    data = conn.send(h11.Response(status_code=status, headers=headers)) or b""
-    data += conn.send(h11.Data(data=body)) or b""
-    return data + (conn.send(h11.EndOfMessage()) or b"")
-
-
 async def _hang(fleet: ReceiverFleet, stream: trio.SocketStream) -> None:
     """Answer nothing until the client closes, :data:`HANG_MAX_S` passes, or cancellation."""
     counter = fleet._counter("hanging")
@@ -246,50 +216,25 @@ async def _hang(fleet: ReceiverFleet, stream: trio.SocketStream) -> None:
 
 
 async def _answer(
-    fleet: ReceiverFleet, conn: h11.Connection, stream: trio.SocketStream, request: h11.Request,
-    body: bytes,
-) -> bool:  # fmt: skip
-    """Record and answer one request; False when the connection must end (hanging)."""
-    target = request.target.decode("latin-1")
-    path, _, query = target.partition("?")
-    profile = _profile_of(path)
-    kind, tokens = _classify(body)
-    headers = tuple((k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in request.headers)
+    fleet: ReceiverFleet, request: Request, stream: trio.SocketStream
+) -> Response | None:
+    """Record and answer one request; ``None`` ends the connection (hanging)."""
+    profile = _profile_of(request.path)
+    kind, tokens = _classify(request.body)
     fleet._record(
-        Delivery(trio.current_time(), profile, path, query, headers, len(body), kind, tokens)
-    )
+        Delivery(trio.current_time(), profile, request.path, request.query, request.headers,
+                 len(request.body), kind, tokens)
+    )  # fmt: skip
     if profile == "hanging":
         await _hang(fleet, stream)
-        return False
+        return None
     if profile == "slow":
         await trio.sleep(fleet.slow_s)
+    else:
+        await trio.lowlevel.checkpoint()
     status = _STATUS.get(profile, 404)
-    await stream.send_all(_response(conn, status, b"ok" if status == 200 else b"no"))
     fleet._counter(profile).answered += 1
-    return True
-
-
-async def _serve_connection(fleet: ReceiverFleet, stream: trio.SocketStream) -> None:
-    try:
-        fleet._connections.acquire_nowait()
-    except trio.WouldBlock:
-        fleet._refused += 1
-        await trio.aclose_forcefully(stream)
-        return
-    conn = h11.Connection(h11.SERVER)
-    try:
-        while True:
-            got = await _read_request(conn, stream)
-            if got is None or not await _answer(fleet, conn, stream, *got):
-                return
-            if conn.our_state is h11.MUST_CLOSE:
-                return
-            conn.start_next_cycle()
-    except (h11.ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
-        return  # noqa: ASYNC910 -- the finally block checkpoints
-    finally:
-        fleet._connections.release()
-        await trio.aclose_forcefully(stream)
+    return Response(status, b"ok" if status == 200 else b"no", (("content-type", "text/plain"),))
 
 
 async def serve_receivers(  # noqa: ASYNC114 -- no project-wide startable list is configured
@@ -306,21 +251,18 @@ async def serve_receivers(  # noqa: ASYNC114 -- no project-wide startable list i
     unknown = set(profiles) - set(PROFILES)
     if unknown:
         raise ValueError(f"unknown profiles: {sorted(unknown)}")
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port = listeners[0].socket.getsockname()[1]
-    urls = {
-        name: tuple(f"http://127.0.0.1:{port}/hook/{name}/{n}" for n in range(count))
-        for name, count in profiles.items()
-    }
-    fleet = ReceiverFleet(port, urls, slow_s)
-    for name, count in profiles.items():
-        fleet._counter(name).endpoints = count
-    task_status.started(fleet)
-
-    async def handler(stream: trio.SocketStream) -> None:
-        await _serve_connection(fleet, stream)
-
-    await trio.serve_listeners(handler, listeners)
+    fleet = ReceiverFleet(0, {}, slow_s)
+    serve = partial(serve_h11, partial(_answer, fleet), max_request_bytes=MAX_REQUEST_BYTES,
+                    limit=fleet._connections)  # fmt: skip
+    async with trio.open_nursery() as nursery:
+        fleet.port = await nursery.start(serve)
+        fleet.urls = {
+            name: tuple(f"http://127.0.0.1:{fleet.port}/hook/{name}/{n}" for n in range(count))
+            for name, count in profiles.items()
+        }
+        for name, count in profiles.items():
+            fleet._counter(name).endpoints = count
+        task_status.started(fleet)
 
 
 # -- analysis -----------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from lanes import LaneClosedError, LaneFullError
 from server.context import AppContext
 from server.errors import ApiError, error_body
 from server.listen.wire import AsgiApp, Receive, Scope, Send
-from server.routes import admin, api, console, health, omi, webhooks
+from server.routes import admin, api, console, docs, health, omi, webhooks
 from server.routes.deps import ctx_of, json_response
 
 __all__ = ["create_app", "create_quart_app"]
@@ -70,6 +70,7 @@ def create_quart_app(ctx: AppContext) -> QuartTrio:
     """Build the quart-trio app for ``ctx`` (routes, error mapping, limits). No I/O."""
     app = QuartTrio("trioscribe")
     app.config["MAX_CONTENT_LENGTH"] = ctx.settings.http_max_body_bytes
+    app.config["BODY_TIMEOUT"] = ctx.settings.http_body_timeout_s  # a slow body gets 408
     app.config["JSON_SORT_KEYS"] = False
     app.extensions["trioscribe"] = ctx
     app.before_request(_drain_gate)
@@ -79,6 +80,7 @@ def create_quart_app(ctx: AppContext) -> QuartTrio:
     app.register_blueprint(omi.blueprint)
     app.register_blueprint(admin.blueprint)
     app.register_blueprint(webhooks.blueprint)
+    app.register_blueprint(docs.blueprint)
     app.register_blueprint(console.blueprint)
     return app
 

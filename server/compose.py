@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Final
+from typing import Final, TypedDict, Unpack
 
 import httpx
 import trio
@@ -51,11 +51,18 @@ from server.wakeup import Wakeup
 from server.webhooks.delivery import DeliveryConfig, DeliveryWorkers
 from server.webhooks.models import Endpoint
 from server.webhooks.realtime import RealtimeConfig, RealtimeDispatcher
+from server.webhooks.replies import AppReplies
 from server.webhooks.repository import WebhookRepository
 from server.webhooks.service import WebhookService
 from server.webhooks.ssrf import PinnedTransport
 
-__all__ = ["Components", "open_components", "open_stt_provider", "webhook_lane_settings"]
+__all__ = [
+    "Components",
+    "Overrides",
+    "open_components",
+    "open_stt_provider",
+    "webhook_lane_settings",
+]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -65,6 +72,25 @@ WEBHOOK_READ_LIMIT_BYTES: Final = 16 * 1024
 CLOSE_BUDGET_S: Final = 2.0
 
 Stats = dict[str, Callable[[], object]]
+
+
+class Overrides(TypedDict, total=False):
+    """What tests (and benchmarks) may put in place of the configured components.
+
+    Attributes:
+        stt_provider: an already-open provider instead of the configured one.
+        webhook_transport: instead of the SSRF-pinned network transport.
+        openai_transport: for the OpenAI summariser's lane.
+        processing_config: overrides the processing defaults (``workers`` from settings).
+        delivery_config: overrides the delivery defaults (timeout and workers from settings),
+            e.g. a short retry schedule.
+    """
+
+    stt_provider: SttProvider
+    webhook_transport: httpx.AsyncBaseTransport
+    openai_transport: httpx.AsyncBaseTransport
+    processing_config: ProcessingConfig
+    delivery_config: DeliveryConfig
 
 
 @dataclass(frozen=True, eq=False)
@@ -140,23 +166,13 @@ def webhook_lane_settings(settings: Settings) -> HttpLaneSettings:
 
 @asynccontextmanager
 async def open_components(
-    settings: Settings,
-    *,
-    stt_provider: SttProvider | None = None,
-    webhook_transport: httpx.AsyncBaseTransport | None = None,
-    openai_transport: httpx.AsyncBaseTransport | None = None,
-    processing_config: ProcessingConfig | None = None,
-    delivery_config: DeliveryConfig | None = None,
+    settings: Settings, **overrides: Unpack[Overrides]
 ) -> AsyncIterator[Components]:
     """Open everything one server run needs (see the module docstring) and yield it.
 
     Args:
         settings: the run's settings.
-        stt_provider: an already-open provider instead of the configured one (tests).
-        webhook_transport: instead of the SSRF-pinned network transport (tests).
-        openai_transport: for the OpenAI summariser's lane (tests).
-        processing_config: overrides the processing defaults (``workers`` from settings).
-        delivery_config: overrides the delivery defaults (timeout and workers from settings).
+        overrides: components to use instead of the configured ones (see :class:`Overrides`).
 
     Cancellation: every resource closes on every exit path, in reverse order, each under its
     own shielded, bounded scope.
@@ -166,19 +182,24 @@ async def open_components(
         store = await stack.enter_async_context(_open_store(settings, stats))
         node = await stack.enter_async_context(open_node(store, settings))
         stats["node"] = node.statistics
-        provider = await stack.enter_async_context(_provider(settings, stt_provider))
+        provider = await stack.enter_async_context(
+            _provider(settings, overrides.get("stt_provider"))
+        )
         thread_lane = ThreadLane("summarise", 1, max_waiting=4 * settings.processing_workers)
         stack.push_async_callback(_close_lane, thread_lane)
-        transport = _webhook_transport(settings, webhook_transport, stats)
+        transport = _webhook_transport(settings, overrides.get("webhook_transport"), stats)
         lane = await stack.enter_async_context(
             open_http_lane("webhooks", webhook_lane_settings(settings), transport=transport)
         )
         embedded = EmbeddedSummariser(thread_lane)
+        openai_transport = overrides.get("openai_transport")
         summariser = await _open_summariser(stack, settings, embedded, openai_transport)
         nursery = await stack.enter_async_context(trio.open_nursery())
         stack.callback(nursery.cancel_scope.cancel)
         parts = _Parts(settings, Drain(), store, node, provider, lane, summariser, embedded, stats)
-        components = _assemble(parts, nursery, processing_config, delivery_config)
+        components = _assemble(
+            parts, nursery, overrides.get("processing_config"), overrides.get("delivery_config")
+        )
         stack.callback(components.hooks.close_all)
         components.hooks.load(await components.webhooks.repo.realtime_endpoints())
         yield components
@@ -274,7 +295,8 @@ def _assemble(
     )
     wakeup = Wakeup()
     repo = WebhookRepository(store)
-    realtime = _realtime(settings, registry, repo, parts.lane, nursery)
+    replies = AppReplies()
+    realtime = _realtime(settings, registry, repo, parts.lane, nursery, replies)
     delivery = DeliveryWorkers(
         repo,
         parts.lane,
@@ -291,6 +313,8 @@ def _assemble(
         wakeup,
         registry.push_to_user,
         delivery.wakeup.set,
+        replies=replies,
+        deliver_now=delivery.deliver_now,
     )
     day = DaySummaryScheduler(
         store, repo, parts.embedded, drain, settings.day_summary_hour_utc, delivery.wakeup.set
@@ -316,6 +340,7 @@ def _assemble(
         processing=processing.statistics,
         webhooks=delivery.statistics,
         webhooks_realtime=realtime.statistics,
+        app_replies=replies.statistics,
         webhook_lane=parts.lane.statistics,
         sweeper=sweeper.statistics,
     )
@@ -341,6 +366,7 @@ def _realtime(
     repo: WebhookRepository,
     lane: HttpLane,
     nursery: trio.Nursery,
+    replies: AppReplies,
 ) -> RealtimeDispatcher:
     def on_gone(endpoint: Endpoint) -> None:
         nursery.start_soon(_disable, repo, endpoint.id)
@@ -351,6 +377,7 @@ def _realtime(
         RealtimeConfig(timeout_s=settings.webhook_timeout_s),
         registry.push_to_user,
         on_gone,
+        replies,
     )
 
 

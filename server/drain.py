@@ -8,6 +8,7 @@ One :class:`Drain` is created by :func:`server.serve.serve` and shared (read-onl
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import final
 
 import trio
@@ -28,6 +29,21 @@ class Drain:
         self.requested = trio.Event()
         self.deadline = math.inf
         self.forced = False
+        self._on_request: list[Callable[[], None]] = []
+        self._on_force: list[Callable[[], None]] = []
+
+    def subscribe(
+        self,
+        *,
+        on_request: Callable[[], None] | None = None,
+        on_force: Callable[[], None] | None = None,
+    ) -> None:
+        """Call ``on_request`` when a graceful shutdown begins (the deadline is set by then)
+        and ``on_force`` when it is forced. Callbacks are synchronous and must not block."""
+        if on_request is not None:
+            self._on_request.append(on_request)
+        if on_force is not None:
+            self._on_force.append(on_force)
 
     @property
     def draining(self) -> bool:
@@ -39,6 +55,14 @@ class Drain:
         if not self.requested.is_set():
             self.deadline = trio.current_time() + grace_s
             self.requested.set()
+            for callback in self._on_request:
+                callback()
+
+    def force(self) -> None:
+        """A second signal: give up on grace; subscribers abort what could still block."""
+        self.forced = True
+        for callback in self._on_force:
+            callback()
 
     def seconds_left(self) -> float:
         """Seconds until the deadline (``inf`` while not draining, never negative)."""

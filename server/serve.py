@@ -30,20 +30,19 @@ import os
 import signal
 from dataclasses import dataclass
 from functools import partial
-from typing import Final, cast
+from typing import Final, Unpack, cast
 
-import hypercorn.trio
 import hypercorn.typing
 import trio
 from hypercorn.config import Config
 
 from lanes import LoopLagMonitor
 from server.app import create_app
-from server.compose import Components, open_components
+from server.compose import Components, Overrides, open_components
 from server.context import AppContext
 from server.drain import Drain
+from server.guard import arm_watchdog, guard_asgi, make_guard, serve_guarded
 from server.settings import Settings
-from server.stt.base import SttProvider
 from server.supervisor import WORKER_ENV, reuse_port_socket
 
 __all__ = ["ServerHandle", "serve"]
@@ -54,6 +53,9 @@ LOGGER = logging.getLogger(__name__)
 HYPERCORN_GRACE_S: Final = 1.0
 #: Shielded budget for closing a resource after the deadline (lanes, store, clients).
 CLOSE_BUDGET_S: Final = 0.5
+#: The last-resort watchdog fires this long after the drain deadline / a second signal
+#: (the promise is "+ 1 s"; the margin covers the interpreter's own exit).
+WATCHDOG_AFTER_S: Final = 0.9
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +101,7 @@ def _hypercorn_config(settings: Settings) -> Config:
         # kernel spreads new connections over them); hypercorn takes the descriptor over.
         config.bind = [f"fd://{reuse_port_socket(settings.host, settings.port).detach()}"]
     config.graceful_timeout = HYPERCORN_GRACE_S
+    config.keep_alive_timeout = settings.http_keep_alive_s  # also bounds a slow request head
     config.websocket_max_message_size = settings.ws_max_message_bytes
     config.accesslog = None  # URLs can carry single-use tickets: never log them
     config.errorlog = logging.getLogger("hypercorn.error")
@@ -115,10 +118,12 @@ async def _watch_signals(drain: Drain, settings: Settings, root: trio.CancelScop
                     signal.Signals(signum).name,
                     settings.graceful_shutdown_s,
                 )
+                arm_watchdog(settings.graceful_shutdown_s + WATCHDOG_AFTER_S)
                 drain.request(settings.graceful_shutdown_s)
             else:
                 LOGGER.warning("second signal: cancelling everything now")
-                drain.forced = True
+                arm_watchdog(WATCHDOG_AFTER_S)
+                drain.force()
                 root.cancel()
 
 
@@ -137,22 +142,23 @@ async def serve(  # noqa: ASYNC128 -- task_status reaches started() in _run_work
     settings: Settings,
     *,
     handle_signals: bool = False,
-    stt_provider: SttProvider | None = None,
     task_status: trio.TaskStatus[ServerHandle] = trio.TASK_STATUS_IGNORED,
+    **overrides: Unpack[Overrides],
 ) -> None:
     """Run the server until a graceful shutdown completes (or the caller cancels it).
 
     Args:
         settings: the run's settings.
         handle_signals: watch SIGTERM/SIGINT (``python -m server`` does; tests don't).
-        stt_provider: an already-open STT provider to use instead of the configured one
-            (tests inject fakes with failure knobs this way).
+        overrides: components to use instead of the configured ones (tests inject an open STT
+            provider with failure knobs, or a short webhook retry schedule, this way; see
+            :class:`server.compose.Overrides`).
         task_status: receives a :class:`ServerHandle` once the server listens.
 
     Cancellation: cancelling the caller's scope is a hard stop (like a second signal); cleanup
     still runs, shielded and bounded.
     """
-    async with open_components(settings, stt_provider=stt_provider) as components:
+    async with open_components(settings, **overrides) as components:
         await _run_root(components, handle_signals, task_status)
     LOGGER.info("stopped")
 
@@ -187,12 +193,14 @@ async def _run_work(
         await components.start_workers(work)
         stop_http = trio.Event()
         work.start_soon(_shutdown_sequence, ctx, stop_http)
-        app = create_app(ctx, components.listen_handler)
+        guard = make_guard(ctx.settings, ctx.drain)
+        ctx.stats["connections"] = guard.statistics
+        app = guard_asgi(create_app(ctx, components.listen_handler), guard)
         config = _hypercorn_config(ctx.settings)
         # hypercorn types the app with its TypedDict scopes; ours takes the same dicts.
         asgi = cast(hypercorn.typing.Framework, app)
         binds = await work.start(
-            partial(hypercorn.trio.serve, asgi, config, shutdown_trigger=stop_http.wait)
+            partial(serve_guarded, asgi, config, guard, shutdown_trigger=stop_http.wait)
         )
         port = int(binds[0].rsplit(":", 1)[1])
         LOGGER.info("listening on %s", binds[0])

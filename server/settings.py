@@ -62,6 +62,20 @@ class Settings:
     api_rate_per_s: float = _setting(20.0, "sustained API requests per second per user")
     api_burst: int = _setting(40, "API request burst per user before 429")
     ticket_ttl_s: float = _setting(60.0, "lifetime of a single-use WebSocket ticket")
+    # -- connections (server/guard)
+    http_keep_alive_s: float = _setting(
+        5.0, "idle keep-alive deadline; also bounds an incomplete request line and headers"
+    )
+    http_body_timeout_s: float = _setting(15.0, "deadline for receiving a request body (408)")
+    send_timeout_s: float = _setting(
+        10.0, "a write to a client blocked this long aborts the connection (<= idle timeout)"
+    )
+    unauthenticated_timeout_s: float = _setting(
+        30.0, "a connection without an authenticated request is closed after this long"
+    )
+    max_unauthenticated_per_ip: int = _setting(
+        256, "concurrent connections per client IP that have not authenticated yet (then 429)"
+    )
     # -- storage
     storage_threads: int = _setting(4, "threads in the storage lane")
     storage_max_waiting: int = _setting(256, "storage calls allowed to queue before 503")
@@ -83,6 +97,10 @@ class Settings:
     max_sessions_per_user: int = _setting(4, "live /v4/listen sessions per user")
     ws_max_message_bytes: int = _setting(64 * 1024, "largest WebSocket message accepted (1009)")
     heartbeat_interval_s: float = _setting(10.0, "server 'ping' text frame interval")
+    ws_max_frames_per_s: float = _setting(
+        200.0, "sustained WebSocket frames per second per session (over budget: 1008)"
+    )
+    ws_frame_burst: int = _setting(1000, "WebSocket frames a session may send in a burst")
     idle_timeout_s: float = _setting(90.0, "close 1001 after this long without client data")
     conversation_timeout_s: float = _setting(120.0, "default silence before a conversation ends")
     sweeper_interval_s: float = _setting(30.0, "how often abandoned conversations are closed")
@@ -168,6 +186,17 @@ def _validate(s: Settings) -> None:
         ("webhook_workers", 1 <= s.webhook_workers <= 256, "must be between 1 and 256"),
         ("webhook_timeout_s", 0 < s.webhook_timeout_s <= 120, "must be in (0, 120]"),
         ("ticket_ttl_s", 0 < s.ticket_ttl_s <= 3600, "must be in (0, 3600]"),
+        ("http_keep_alive_s", 0 < s.http_keep_alive_s <= 3600, "must be in (0, 3600]"),
+        ("http_body_timeout_s", 0 < s.http_body_timeout_s <= 3600, "must be in (0, 3600]"),
+        ("send_timeout_s", 0 < s.send_timeout_s <= 3600, "must be in (0, 3600]"),
+        (
+            "unauthenticated_timeout_s",
+            0 < s.unauthenticated_timeout_s <= 3600,
+            "must be in (0, 3600]",
+        ),
+        ("max_unauthenticated_per_ip", s.max_unauthenticated_per_ip >= 1, "must be >= 1"),
+        ("ws_max_frames_per_s", s.ws_max_frames_per_s > 0, "must be > 0"),
+        ("ws_frame_burst", s.ws_frame_burst >= 1, "must be >= 1"),
         ("day_summary_hour_utc", -1 <= s.day_summary_hour_utc <= 23, "must be -1 or 0..23"),
         (
             "deepgram_api_key",

@@ -37,7 +37,14 @@ def _structured(c: Conversation) -> dict[str, object]:
     structured = dict(c.structured)
     structured.update(title=c.title, overview=c.overview, emoji=c.emoji, category=c.category)
     structured.setdefault("action_items", [])
-    structured.setdefault("events", [])
+    events = structured.get("events")
+    # Omi's Event.start is a required datetime: the app drops a whole conversation (and plugins
+    # answer 422) for one null start, so an event without one is never shown, whatever stored it.
+    structured["events"] = (
+        [e for e in events if isinstance(e, dict) and isinstance(e.get("start"), str)]
+        if isinstance(events, list)
+        else []
+    )
     return structured
 
 

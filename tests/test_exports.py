@@ -16,6 +16,7 @@ LEAVES = frozenset({"auth", "clock", "drain", "errors", "settings", "wakeup"})
 #: For each unit (a ``server`` subpackage or top-level module): the other units it may import,
 #: besides the leaves. Lower layers first; nothing imports upwards.
 ALLOWED: Mapping[str, Set[str]] = {
+    "guard": set(),
     "store": set(),
     "stt": set(),
     "views": {"store"},
@@ -24,13 +25,13 @@ ALLOWED: Mapping[str, Set[str]] = {
     "processing": {"store", "views", "webhooks"},
     "cluster": {"store"},
     "supervisor": set(),
-    "listen": {"store", "stt", "views", "cluster"},
+    "listen": {"guard", "store", "stt", "views", "cluster"},
     "context": {"store", "listen", "webhooks", "cluster"},
-    "routes": {"context", "store", "stt", "views", "listen", "webhooks", "processing"},
+    "routes": {"context", "guard", "store", "stt", "views", "listen", "webhooks", "processing"},
     "app": {"context", "listen", "routes"},
     "compose": {"context", "store", "stt", "views", "listen", "webhooks", "processing", "cluster"},
-    "serve": {"app", "compose", "context", "stt", "supervisor"},
-    "__main__": {"serve", "tokens_cli", "supervisor"},
+    "serve": {"app", "compose", "context", "guard", "stt", "supervisor"},
+    "__main__": {"guard", "serve", "tokens_cli", "supervisor"},
 }
 
 

@@ -72,6 +72,7 @@ def test_ruff_allows_threads_inside_the_thread_lane() -> None:
     assert _ruff(source, "server/store.py").returncode == 1
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("flake8-async") is None, reason="flake8-async not installed")
 def test_flake8_async_opt_in_checks_catch_missing_checkpoint(tmp_path: pathlib.Path) -> None:
     planted = tmp_path / "planted.py"

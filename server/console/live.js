@@ -289,7 +289,7 @@ export function render(container) {
   const stopButton = h("button", { type: "button", id: "live-stop", class: "danger", onclick: stop, text: "Stop" });
   const finishButton = h("button", { type: "button", id: "live-finish", class: "quiet", onclick: finish, text: "Finish conversation" });
   const finished = h("p", { id: "live-finished", role: "status" });
-  const phase = h("span", { id: "live-phase", class: "pill" });
+  const phase = h("span", { id: "live-phase", class: "pill", role: "status" });
   const status = h("span", { id: "live-status", class: "muted" });
   const counters = h("span", { id: "live-counters", class: "muted" });
   const problem = h("p", { id: "live-error", class: "error", role: "alert" });

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Final
 
 import trio
@@ -22,7 +22,7 @@ from server.listen.segments import SegmentAssembler, TranscriptSegment
 from server.store import Conversation, SegmentRow, Store
 from server.stt.base import SttResult, Word
 
-__all__ = ["ConversationTracker"]
+__all__ = ["ConversationTracker", "SegmentUpdate"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -30,6 +30,23 @@ LOGGER = logging.getLogger(__name__)
 FLUSH_BATCH: Final = 50
 
 EventSink = Callable[[dict[str, object]], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentUpdate:
+    """What one final result changed.
+
+    Attributes:
+        updated: the conversation's new or changed segments (for the client and the store).
+        removed: ids of segments a merge removed.
+        piece: the result itself as a segment of its own (conversation times, its own id):
+            what realtime integrations receive, once (Omi posts the batch's new segments, not
+            the merged ones). ``None`` for an empty result.
+    """
+
+    updated: list[TranscriptSegment]
+    removed: list[str]
+    piece: TranscriptSegment | None
 
 
 def _to_row(conversation_id: str, index: int, segment: TranscriptSegment) -> SegmentRow:
@@ -124,10 +141,8 @@ class ConversationTracker:
         self._last_speech_wall = now
         self._assembler = SegmentAssembler()
 
-    async def add_final(
-        self, result: SttResult, audio_origin_wall: float
-    ) -> tuple[list[TranscriptSegment], list[str]]:
-        """Turn a final result into segment updates; return ``(new or changed, removed ids)``.
+    async def add_final(self, result: SttResult, audio_origin_wall: float) -> SegmentUpdate:
+        """Turn a final result into segment updates.
 
         Args:
             result: a final result with times in *session audio seconds* (the VAD gate's
@@ -142,7 +157,9 @@ class ConversationTracker:
             self.conversation = replace(self.conversation, started_at=speech_wall)
         origin = self.conversation.started_at
         assert origin is not None
-        updated, removed = self._assembler.add(_shift(result, audio_origin_wall - origin))
+        shifted = _shift(result, audio_origin_wall - origin)
+        piece = TranscriptSegment.from_result(shifted) if shifted.text.strip() else None
+        updated, removed = self._assembler.add_segments([piece]) if piece else ([], [])
         for segment in updated:
             self._pending[segment.id] = segment
         for segment_id in removed:
@@ -153,7 +170,7 @@ class ConversationTracker:
             await self.flush()
         else:
             await trio.lowlevel.checkpoint()
-        return updated, removed
+        return SegmentUpdate(updated, removed, piece)
 
     async def flush(self) -> None:
         """Write pending segments in one transaction; on failure keep them for the next try."""

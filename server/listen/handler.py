@@ -22,6 +22,7 @@ from server.auth import TicketBook, bearer_token
 from server.clock import wall_now
 from server.cluster import CLEANUP_BUDGET_S, Node
 from server.drain import Drain
+from server.guard import mark_authenticated, mark_websocket
 from server.listen.codecs import SUPPORTED_CODECS, make_decoder
 from server.listen.conversation import ConversationTracker
 from server.listen.hooks import RealtimeHooks
@@ -156,7 +157,12 @@ def _session(
         ws=ws,
         user_id=user_id,
         params=params,
-        config=SessionConfig(settings.heartbeat_interval_s, settings.idle_timeout_s),
+        config=SessionConfig(
+            settings.heartbeat_interval_s,
+            settings.idle_timeout_s,
+            max_frames_per_s=settings.ws_max_frames_per_s,
+            frame_burst=settings.ws_frame_burst,
+        ),
         decoder=make_decoder(params.codec, params.sample_rate),
         gate=VadGate(settings.vad, params.sample_rate),
         tracker=tracker,
@@ -175,6 +181,8 @@ async def _serve(ctx: ListenContext, deps: ListenDeps, ws: AsgiWebSocket) -> Non
         user_id = await _authenticate(ctx, headers, query)
     except (LaneError, StoreError) as exc:
         raise _Refused(1013, "server busy; try again later") from exc
+    mark_authenticated(ws.scope)
+    mark_websocket(ws.scope)
     params = _params(ctx, deps, query)
     await ws.accept()
     session = _session(ctx, deps, ws, user_id, params)

@@ -8,7 +8,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["ListenParams", "ParamError", "note_stt_preference", "parse_listen_params"]
+__all__ = [
+    "DEFAULT_SOURCE",
+    "SOURCES",
+    "ListenParams",
+    "ParamError",
+    "note_stt_preference",
+    "parse_listen_params",
+]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -19,23 +26,31 @@ MAX_LANGUAGE_CHARS: Final = 16
 #: Distinct unknown ``stt_service`` values logged once each; beyond this they are not logged.
 MAX_LOGGED_STT_SERVICES: Final = 64
 MAX_STT_SERVICE_CHARS: Final = 40
+#: Omi's ``ConversationSource`` values (backend/models/conversation_enums.py).
 SOURCES: Final = frozenset(
     {
-        "omi",
         "friend",
+        "omi",
+        "fieldy",
+        "bee",
+        "plaud",
+        "frame",
+        "friend_com",
+        "apple_watch",
         "phone",
         "phone_call",
         "desktop",
         "openglass",
-        "limitless",
-        "sdcard",
+        "screenpipe",
         "workflow",
+        "sdcard",
         "external_integration",
+        "limitless",
         "onboarding",
-        "browser",
-        "bench",
     }
 )
+#: What an unknown ``source`` becomes (Omi's transcribe.py: an invalid value -> ``omi``).
+DEFAULT_SOURCE: Final = "omi"
 
 
 class ParamError(ValueError):
@@ -58,6 +73,7 @@ class ListenParams:
     conversation_timeout_s: float
     source: str
     stt_service: str | None
+    custom_stt: bool = False
 
 
 def _int(query: Mapping[str, str], name: str, default: int) -> int:
@@ -114,9 +130,9 @@ def parse_listen_params(
     sample_rate = _int(query, "sample_rate", 8000)
     if sample_rate not in (8000, 16000):
         raise ParamError(1008, f"sample_rate must be 8000 or 16000 (got {sample_rate})")
-    source = query.get("source") or "omi"
+    source = query.get("source") or DEFAULT_SOURCE
     if source not in SOURCES:
-        source = "unknown"  # Omi maps unknown sources to "unknown"
+        source = DEFAULT_SOURCE
     return ListenParams(
         language=_language(query),
         sample_rate=sample_rate,
@@ -125,6 +141,7 @@ def parse_listen_params(
         conversation_timeout_s=_timeout(query, default_timeout_s),
         source=source,
         stt_service=query.get("stt_service") or None,
+        custom_stt=query.get("custom_stt") == "enabled",
     )
 
 

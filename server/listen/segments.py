@@ -421,7 +421,6 @@ class SegmentAssembler:
     ) -> tuple[list[TranscriptSegment], list[str]]:
         """Take a batch of results (interim and empty ones are skipped); see :meth:`add`."""
         new = [TranscriptSegment.from_result(r) for r in results if r.is_final and r.text.strip()]
-        self._results += len(new)
         if not new:
             return [], []
         return self.add_segments(new)
@@ -430,6 +429,7 @@ class SegmentAssembler:
         self, new: Sequence[TranscriptSegment]
     ) -> tuple[list[TranscriptSegment], list[str]]:
         """Join ready-made segments (e.g. a client's suggested transcript); see :meth:`add`."""
+        self._results += len(new)
         last = self._segments.pop() if self._segments else None
         if last is not None:
             del self._index[last.id]

@@ -14,6 +14,13 @@ flush the STT stream (bounded), persist every segment (shielded, bounded), send 
 segments, close with the cause's code. The conversation stays resumable; only its timeout (here
 or in the sweeper) closes it.
 
+Text frames: JSON objects with a string ``type``. Anything else (not JSON, JSON that fails to
+parse, nesting too deep for the parser, not an object) is ignored and counted
+(``ignored_text``), as Omi ignores it. With ``custom_stt=enabled`` audio is not transcribed
+here: ``{"type": "suggested_transcript", "segments": [{"text", "start", "end", "speaker",
+"speaker_id", "is_user", ...}], "stt_provider": ...}`` messages (on-device STT, Omi's shape)
+are the transcript, going through the same merge, storage and hooks as STT finals.
+
 Queues: the outbox holds at most OUTBOX_SIZE messages. The session's own producers wait for room
 (backpressure reaches the STT stream and then the client's TCP window: nothing is dropped);
 events pushed from outside the session (processing, app messages) are dropped when it is full,
@@ -41,7 +48,7 @@ from server.listen.vad import GateOutput, VadGate
 from server.listen.wire import AsgiWebSocket, ClientGone
 from server.stt.base import SttResult, SttStatus, SttStream, Word
 
-__all__ = ["CloseCause", "ListenSession", "SessionConfig"]
+__all__ = ["CloseCause", "FrameBudget", "ListenSession", "SessionConfig"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -56,6 +63,9 @@ FINAL_PERSIST_S: Final = 2.0
 FINAL_SEND_S: Final = 1.0
 KEEPALIVE_MAX_BYTES: Final = 2
 MAX_TEXT_CHARS: Final = 64 * 1024
+#: Segments of one ``suggested_transcript`` message beyond this are ignored.
+MAX_SUGGESTED_SEGMENTS: Final = 100
+MAX_SEGMENT_TEXT_CHARS: Final = 4000
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +79,8 @@ class CloseCause:
 CLIENT_GONE: Final = CloseCause(1000, "client closed")
 DRAINING: Final = CloseCause(1001, "server shutting down")
 IDLE: Final = CloseCause(1001, "no data received within the idle timeout")
+STALLED: Final = CloseCause(1001, "the client did not read within the idle timeout")
+OVER_BUDGET: Final = CloseCause(1008, "frame rate over budget")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +89,30 @@ class SessionConfig:
 
     heartbeat_interval_s: float
     idle_timeout_s: float
+    max_frames_per_s: float = math.inf
+    frame_burst: int = 1000
+
+
+class FrameBudget:
+    """A token bucket of frames: ``rate`` per second, at most ``burst`` saved up."""
+
+    __slots__ = ("_burst", "_last", "_rate", "_tokens")
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self._rate = rate
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._last = trio.current_time()
+
+    def take(self) -> bool:
+        """Spend one frame; False when the budget is exhausted."""
+        now = trio.current_time()
+        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
 
 
 class ListenSession:
@@ -114,6 +150,8 @@ class ListenSession:
         self._outbox_closed = False
         self._cause: CloseCause | None = None
         self._last_client_data = trio.current_time()
+        self._sending_since: float | None = None
+        self._budget = FrameBudget(config.max_frames_per_s, config.frame_burst)
         self._audio_origin_wall: float | None = None
         self._end_requested = trio.Event()
         self._conversation_ended = trio.Event()
@@ -122,6 +160,9 @@ class ListenSession:
         self.bad_frames = 0
         self.dropped_events = 0
         self.segments_sent = 0
+        self.ignored_text = 0
+        self.suggested_segments = 0
+        self._finals_lock = trio.Lock()
 
     # -- the registry's view ---------------------------------------------------------------
 
@@ -134,6 +175,8 @@ class ListenSession:
             "bad_frames": self.bad_frames,
             "segments_sent": self.segments_sent,
             "dropped_events": self.dropped_events,
+            "ignored_text": self.ignored_text,
+            "suggested_segments": self.suggested_segments,
             "vad_forwarded_bytes": gate.forwarded_bytes,
             "vad_skipped_bytes": gate.skipped_bytes,
             "persisted_segments": self.tracker.persisted_segments,
@@ -216,8 +259,10 @@ class ListenSession:
         self._outbox_closed = True
         self._out_send.close()
         if not self._ws.closed:
-            with trio.move_on_after(FINAL_SEND_S):
+            with trio.move_on_after(FINAL_SEND_S) as sending:
                 await self._drained_outbox.wait()
+            if sending.cancelled_caught and self._sending_since is not None:
+                self._ws.abort()  # the client does not read: nothing more can reach it
 
     async def _receive_loop(self, stream: SttStream) -> None:
         """The hot path: one ``receive`` per frame; the rest is sync unless STT gets audio."""
@@ -228,10 +273,17 @@ class ListenSession:
                 self.end(CLIENT_GONE)
                 return
             self._last_client_data = trio.current_time()
+            if not self._budget.take():
+                self.end(OVER_BUDGET)
+                return
             if isinstance(message, str):
-                self._on_text(message)
+                suggested = self._on_text(message)
+                for result in suggested:
+                    await self._on_final(result)
                 continue
             out = self._on_audio(message)
+            if self._params.custom_stt:
+                continue  # the client transcribes (suggested_transcript); audio only feeds hooks
             if out is not None and (out.forward or out.speech_ended):
                 await self._feed(out, stream)
 
@@ -245,6 +297,8 @@ class ListenSession:
             self.bad_frames += 1
             return None
         self.frames += 1
+        if not pcm:  # a codec that needs more input (a partial AAC frame)
+            return None
         if self._audio_origin_wall is None:
             self._audio_origin_wall = wall_now()
         self._hooks.on_audio(self.user_id, self.session_id, pcm, self._params.sample_rate)
@@ -260,16 +314,22 @@ class ListenSession:
         else:
             await stream.finalize()
 
-    def _on_text(self, text: str) -> None:
+    def _on_text(self, text: str) -> list[SttResult]:
+        """Parse a text frame; return the results of a ``suggested_transcript`` to add."""
         try:
             message = json.loads(text) if len(text) <= MAX_TEXT_CHARS else None
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nesting too deep to parse
             message = None
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
-            self.end(CloseCause(1007, "text frames must be JSON objects with a string 'type'"))
-            return
-        # Known Omi control messages (image chunks, speaker assignment, ...) are accepted and
+            self.ignored_text += 1
+            return []
+        if message["type"] == "suggested_transcript" and self._params.custom_stt:
+            results = _suggested_results(message)
+            self.suggested_segments += len(results)
+            return results
+        # Other Omi control messages (image chunks, speaker assignment, ...) are accepted and
         # ignored: this server has no image or speaker-profile pipeline.
+        return []
 
     async def _consume_stt(self, stream: SttStream, done: trio.Event) -> None:
         with self._consumer_scope:
@@ -289,18 +349,29 @@ class ListenSession:
             await self._status("ready", "Ready")
 
     async def _on_final(self, result: SttResult) -> None:
-        origin = self._audio_origin_wall if self._audio_origin_wall is not None else wall_now()
-        mapped = _map_times(result, self._gate.to_session_s)
-        updated, removed = await self.tracker.add_final(mapped, origin)
-        if removed:  # a merge moved text out of these: clients drop them (Omi's event)
-            await self.emit({"type": "segments_deleted", "segment_ids": removed})
-        if not updated:
-            return
-        payload = [segment.to_json() for segment in updated]
-        self.segments_sent += len(payload)
-        await self._send_text(json.dumps(payload, separators=(",", ":")))
-        conversation_id = self.tracker.conversation_id
-        self._hooks.on_segments(self.user_id, self.session_id, conversation_id, payload)
+        """One final result (STT or suggested): merge, send, and hand its piece to the hooks.
+
+        Serialised: the STT consumer and the receive loop (suggested transcripts) both call it.
+        """
+        async with self._finals_lock:
+            if self._audio_origin_wall is None:
+                self._audio_origin_wall = wall_now()
+            origin = self._audio_origin_wall
+            if self._params.custom_stt:
+                mapped = result  # client times: no VAD gate in between
+            else:
+                mapped = _map_times(result, self._gate.to_session_s)
+            update = await self.tracker.add_final(mapped, origin)
+            if update.removed:  # a merge moved text out of these: clients drop them (Omi)
+                await self.emit({"type": "segments_deleted", "segment_ids": update.removed})
+            if update.updated:
+                payload = [segment.to_json() for segment in update.updated]
+                self.segments_sent += len(payload)
+                await self._send_text(json.dumps(payload, separators=(",", ":")))
+            if update.piece is not None:
+                conversation_id = self.tracker.conversation_id
+                piece = [update.piece.to_json()]
+                self._hooks.on_segments(self.user_id, self.session_id, conversation_id, piece)
 
     async def _status(self, status: str, text: str) -> None:
         await self.emit({"type": "service_status", "status": status, "status_text": text})
@@ -312,10 +383,13 @@ class ListenSession:
             async for text in self._out_recv:
                 if self._ws.closed:
                     continue
+                self._sending_since = trio.current_time()
                 try:
                     await self._ws.send_text(text)
                 except ClientGone:
                     self.end(CLIENT_GONE)
+                finally:
+                    self._sending_since = None
         finally:
             self._drained_outbox.set()
 
@@ -323,8 +397,12 @@ class ListenSession:
         interval = self._config.heartbeat_interval_s
         while True:
             await trio.sleep(min(interval, self._config.idle_timeout_s))
-            if trio.current_time() - self._last_client_data >= self._config.idle_timeout_s:
+            now, idle_s = trio.current_time(), self._config.idle_timeout_s
+            if now - self._last_client_data >= idle_s:
                 self.end(IDLE)
+                return
+            if self._sending_since is not None and now - self._sending_since >= idle_s:
+                self.end(STALLED)  # write-side stalls count as idle
                 return
             self.push_event_text("ping")
 
@@ -368,3 +446,53 @@ def _map_times(result: SttResult, to_session_s: Callable[[float], float]) -> Stt
     return replace(
         result, start_s=to_session_s(result.start_s), end_s=to_session_s(result.end_s), words=words
     )
+
+
+def _suggested_results(message: dict[str, object]) -> list[SttResult]:
+    """The segments of a ``suggested_transcript`` message as final results (Omi's shape:
+    ``{"segments": [{"text", "start", "end", "speaker", "speaker_id", ...}], "stt_provider"}``).
+
+    Lenient like Omi: a segment without usable text is skipped, missing times are 0, the
+    speaker comes from ``speaker_id`` or ``SPEAKER_nn``.
+    """
+    segments = message.get("segments")
+    provider = message.get("stt_provider")
+    if not isinstance(segments, list):
+        return []
+    results: list[SttResult] = []
+    for raw in segments[:MAX_SUGGESTED_SEGMENTS]:
+        if not isinstance(raw, dict):
+            continue
+        text = raw.get("text")
+        if not isinstance(text, str) or not text.strip():
+            continue
+        start, end = _seconds(raw.get("start")), _seconds(raw.get("end"))
+        results.append(
+            SttResult(
+                text=text.strip()[:MAX_SEGMENT_TEXT_CHARS],
+                start_s=start,
+                end_s=max(start, end),
+                is_final=True,
+                speaker=_speaker(raw),
+                provider=provider if isinstance(provider, str) else "",
+            )
+        )
+    return results
+
+
+def _seconds(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return 0.0
+    return max(0.0, float(value))
+
+
+def _speaker(raw: dict[str, object]) -> int:
+    speaker_id = raw.get("speaker_id")
+    if isinstance(speaker_id, int) and not isinstance(speaker_id, bool) and 0 <= speaker_id < 100:
+        return speaker_id
+    speaker = raw.get("speaker")
+    if isinstance(speaker, str):
+        _, _, number = speaker.partition("_")
+        if number.isdecimal() and int(number) < 100:
+            return int(number)
+    return 0

@@ -11,6 +11,8 @@ from typing import Any, Final, final
 
 import trio
 
+from server.guard import abort_connection, connection_closed
+
 __all__ = ["AsgiApp", "AsgiWebSocket", "ClientGone", "Message", "Receive", "Scope", "Send"]
 
 Scope = MutableMapping[str, Any]
@@ -75,6 +77,15 @@ class AsgiWebSocket:
         except OSError as exc:  # hypercorn reports a broken transport this way
             self.closed = True
             raise ClientGone(str(exc)) from exc
+        if connection_closed(self.scope):  # aborted at a write deadline: hypercorn is silent
+            self.closed = True
+            raise ClientGone("connection aborted")
+
+    def abort(self) -> None:
+        """Reset the TCP connection now, without a close frame (a client that does not read
+        can be told nothing more); wakes a send blocked on it. Idempotent."""
+        self.closed = True
+        abort_connection(self.scope)
 
     async def close(self, code: int, reason: str = "") -> None:
         """Close with ``code`` (accepting first, so the client sees the code, not HTTP 403)."""

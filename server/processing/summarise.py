@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Final, Protocol
 
 from server.store import SummaryFields
@@ -96,7 +97,12 @@ class SummaryUpstreamError(SummaryError):
 
 @dataclass(frozen=True, slots=True)
 class SummaryEvent:
-    """A calendar event the conversation mentions (``start`` is ISO 8601 text, if known)."""
+    """A calendar event the conversation mentions (``start``: ISO 8601 UTC text).
+
+    Omi's ``Event.start`` is a required datetime: its app drops a whole conversation with an
+    event whose ``start`` is null, so events without a valid start are never emitted
+    (:func:`summary_from_json` drops them, :meth:`Summary.to_json` skips them).
+    """
 
     title: str
     description: str = ""
@@ -133,6 +139,7 @@ class Summary:
                     "duration": event.duration_min,
                 }
                 for event in self.events
+                if event.start
             ],
         }
 
@@ -200,7 +207,8 @@ def summary_from_json(data: object) -> Summary:
     emoji = _optional_str(data, "emoji") or DEFAULT_EMOJI
     category = normalise_category(_optional_str(data, "category") or "other")
     items = tuple(_action_item(item) for item in _list(data, "action_items", required=True))
-    events = tuple(_event(event) for event in _list(data, "events", required=False))
+    parsed = (_event(event) for event in _list(data, "events", required=False))
+    events = tuple(event for event in parsed if event.start)
     return Summary(
         title=title,
         overview=overview,
@@ -244,13 +252,26 @@ def _action_item(item: object) -> str:
     return item.strip()[:MAX_ITEM_CHARS]
 
 
+def _iso_start(value: object) -> str | None:
+    """An event's start as ISO 8601 UTC (naive times are taken as UTC); ``None`` if unusable."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
 def _event(event: object) -> SummaryEvent:
     if not isinstance(event, Mapping):
         raise MalformedSummaryError("each event must be an object")
     duration = event.get("duration", DEFAULT_EVENT_DURATION_MIN)
     if not isinstance(duration, int) or isinstance(duration, bool) or duration <= 0:
         raise MalformedSummaryError("an event's 'duration' must be a positive integer (minutes)")
-    start = _optional_str(event, "start") or None
+    start = _iso_start(event.get("start"))
     return SummaryEvent(
         title=_required_str(event, "title")[:MAX_TITLE_CHARS],
         description=_optional_str(event, "description")[:MAX_OVERVIEW_CHARS],

@@ -1,6 +1,6 @@
 """The embedded summariser: extractive TF-IDF, standard library only, no model, no network.
 
-What it does, in order (shared/research/components.md §4):
+What it does, in order (docs/embedded-components.md, "Summaries without an LLM"):
 
 1. Split the text into sentences (punctuation and line breaks; unpunctuated STT output is cut
    into chunks of at most :data:`MAX_SENTENCE_WORDS` words).

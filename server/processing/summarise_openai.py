@@ -51,7 +51,8 @@ SYSTEM_PROMPT: Final = (
     '"emoji" (string, one emoji), "category" (string, one of: {categories}), '
     '"action_items" (list of strings: concrete tasks someone committed to or was asked to do; '
     'empty if none), "events" (list of objects with "title", "description", "start" as ISO '
-    '8601 or null, "duration" in minutes; empty if none). Write the title, overview and action '
+    '8601 date-time, "duration" in minutes; only events with a known date and time, empty '
+    "if none). Write the title, overview and action "
     "items in the language with BCP 47 code {language!r}."
 )
 

@@ -6,8 +6,11 @@ at a time with ``claim_for_processing`` (a worker that dies leaves the lease to 
 another worker takes the conversation), summarise it within ``summary_timeout_s``, and then:
 
 * success: ``completed`` with the summary, and in the **same transaction** one
-  ``memory_created`` outbox row per subscribed endpoint; then the user's live sessions get a
-  ``memory_created`` event and the delivery workers are woken;
+  ``memory_created`` outbox row per subscribed endpoint; then the apps registered with
+  ``delivery = once`` are tried once, right away and concurrently (as Omi does before it
+  answers), and the user's live sessions get a ``memory_created`` event whose ``messages`` are
+  the apps' replies (to this post and to the conversation's realtime posts) as Omi chat
+  messages; then the delivery workers are woken for the rest;
 * retryable failure: rescheduled after a jittered backoff (5 s, 30 s, 2 min, 10 min by
   default; never sooner than an upstream's ``Retry-After``);
 * permanent failure, or the backoff exhausted: ``failed`` with the reason. Never stuck.
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final, Literal, final
 
@@ -35,7 +38,9 @@ from server.store import Conversation, Store
 from server.views import conversation_json
 from server.wakeup import Wakeup, wait_any
 from server.webhooks.payloads import dumps
+from server.webhooks.replies import AppReplies
 from server.webhooks.repository import outbox_hook
+from server.webhooks.signing import new_message_id
 
 __all__ = [
     "DEFAULT_BACKOFF_S",
@@ -52,6 +57,10 @@ DEFAULT_BACKOFF_S: Final = (5.0, 30.0, 120.0, 600.0)
 
 ProcessOutcome = Literal["completed", "retry", "failed", "lost"]
 EventSink = Callable[[str, dict[str, object]], object]
+#: ``deliver_now(message_id)``: try a message's ``once`` apps now; their replies as chat messages.
+DeliverNow = Callable[[str], Awaitable[list[dict[str, object]]]]
+#: ``once`` app deliveries wait this long for ``deliver_now`` before the workers take them.
+ONCE_HOLD_S: Final = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +127,8 @@ class ProcessingWorkers:
         on_event: ``on_event(user_id, event)`` pushes an event to the user's live sessions.
         on_completed: called after a completion committed (wakes webhook delivery).
         rng: jitter source.
+        replies: apps' realtime replies, taken into ``memory_created.messages``.
+        deliver_now: tries the ``once`` apps of a ``memory_created`` message at once.
     """
 
     def __init__(
@@ -131,7 +142,11 @@ class ProcessingWorkers:
         on_completed: Callable[[], None],
         *,
         rng: random.Random | None = None,
+        replies: AppReplies | None = None,
+        deliver_now: DeliverNow | None = None,
     ) -> None:
+        self._replies = replies
+        self._deliver_now = deliver_now
         self._store = store
         self._summariser = summariser
         self._config = config
@@ -203,7 +218,14 @@ class ProcessingWorkers:
 
     async def _complete(self, conversation: Conversation, summary: Summary) -> ProcessOutcome:
         now = wall_now()
-        hook = outbox_hook("memory_created", _memory_payload, now)
+        message_id = new_message_id()
+        hook = outbox_hook(
+            "memory_created",
+            _memory_payload,
+            now,
+            message_id=message_id,
+            defer_once_apps_s=ONCE_HOLD_S if self._deliver_now is not None else 0.0,
+        )
         done = await self._store.complete_conversation(
             conversation.id, summary.fields(), now, extra=hook
         )
@@ -212,9 +234,25 @@ class ProcessingWorkers:
             return "lost"
         self._counts["completed"] += 1
         memory = conversation_json(done)
-        self._on_event(done.user_id, {"type": "memory_created", "memory": memory, "messages": []})
+        messages = await self._messages(done.id, message_id)
+        self._on_event(
+            done.user_id, {"type": "memory_created", "memory": memory, "messages": messages}
+        )
         self._on_completed()
         return "completed"
+
+    async def _messages(self, conversation_id: str, message_id: str) -> list[dict[str, object]]:
+        """The conversation's app replies: realtime ones kept so far, then the ``once`` apps'
+        answers to ``memory_created`` (a failure there only loses the replies, never the event)."""
+        await trio.lowlevel.checkpoint()
+        messages = self._replies.take(conversation_id) if self._replies is not None else []
+        if self._deliver_now is None:
+            return messages
+        try:
+            messages.extend(await self._deliver_now(message_id))
+        except Exception:
+            LOGGER.exception("delivering memory_created %s to apps failed", message_id)
+        return messages
 
     async def _failed(self, conversation: Conversation, error: SummaryError) -> ProcessOutcome:
         now = wall_now()

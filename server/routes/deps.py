@@ -16,6 +16,7 @@ from server.auth import bearer_token, is_admin_token
 from server.clock import wall_now
 from server.context import AppContext
 from server.errors import ApiError
+from server.guard import mark_authenticated
 
 if TYPE_CHECKING:
     from server.store import User
@@ -60,6 +61,7 @@ def require_admin() -> None:
         raise ApiError(401, "unauthorized", "missing bearer token", headers=_CHALLENGE)
     if not is_admin_token(token, ctx_of().settings.admin_token):
         raise ApiError(403, "forbidden", "this endpoint needs the admin token")
+    mark_authenticated(request.scope)
 
 
 async def current_user() -> User:
@@ -71,6 +73,7 @@ async def current_user() -> User:
     user = await ctx.store.authenticate(token, wall_now())
     if user is None:
         raise ApiError(401, "unauthorized", "invalid or revoked token", headers=_CHALLENGE)
+    mark_authenticated(request.scope)
     wait_s = ctx.limiter.try_acquire(user.id)
     if wait_s > 0:
         retry = str(max(1, math.ceil(wait_s)))

@@ -21,13 +21,30 @@ from dataclasses import replace
 from typing import Final
 
 import trio
-from quart import Blueprint, Response, request
+from quart import Blueprint, Response
 
 from server.clock import wall_now
 from server.context import AppContext
 from server.errors import ApiError
-from server.routes.deps import ctx_of, current_user, json_response, read_json_object
-from server.store import VISIBILITIES, Conversation, SegmentRow, ValidationError
+from server.routes._contract import operation
+from server.routes._models import (
+    ActionItemDelete,
+    ActionItemEdit,
+    ActionItemsPatch,
+    AssignBulk,
+    ConversationOut,
+    EventsPatch,
+    Ignored,
+    Processed,
+    SegmentTextEdit,
+    StarredQuery,
+    StatusOk,
+    StatusOkConversation,
+    TitleQuery,
+    VisibilityQuery,
+)
+from server.routes.deps import ctx_of, json_response
+from server.store import Conversation, SegmentRow, User, ValidationError
 from server.views import conversation_json, iso
 
 __all__ = ["blueprint"]
@@ -49,7 +66,8 @@ _OK: Final = {"status": "Ok"}
 
 
 @blueprint.post("/conversations")
-async def process_in_progress() -> Response:
+@operation(auth="user", body=Ignored, body_required=False, responses={200: Processed}, errors=[404])
+async def process_in_progress(user: User, body: Ignored) -> Response:
     """End the caller's in-progress conversation, process it, answer ``{memory, messages}``.
 
     A live session holding the conversation ends it itself (as its timeout would, so it emits
@@ -61,7 +79,6 @@ async def process_in_progress() -> Response:
     Cancellation: if the client goes away, the conversation is still closed and processed (both
     are durable in the store); only the wait ends.
     """
-    user = await current_user()
     ctx = ctx_of()
     conversation_id = await _end_in_progress(ctx, user.id)
     if conversation_id is None:
@@ -112,8 +129,7 @@ async def _wait_processed(
 # -- helpers -------------------------------------------------------------------------------------
 
 
-async def _owned(conversation_id: str) -> tuple[str, Conversation]:
-    user = await current_user()
+async def _owned(user: User, conversation_id: str) -> tuple[str, Conversation]:
     conversation = await ctx_of().store.get_conversation(user.id, conversation_id)
     if conversation is None:
         raise ApiError(404, "not_found", "no such conversation")
@@ -132,36 +148,6 @@ async def _update(user_id: str, conversation_id: str, fields: dict[str, object])
     return updated
 
 
-def _query(name: str) -> str:
-    value = request.args.get(name)
-    if value is None:
-        raise ApiError(422, "invalid_field", f"{name}: the query parameter is required")
-    return value
-
-
-def _query_bool(name: str) -> bool:
-    value = _query(name).lower()
-    if value not in ("true", "false", "1", "0"):
-        raise ApiError(422, "invalid_field", f"{name}: must be true or false")
-    return value in ("true", "1")
-
-
-def _list_of(body: dict[str, object], name: str, kind: type) -> list[object]:
-    value = body.get(name)
-    if not isinstance(value, list) or not all(
-        isinstance(v, kind) and not (kind is int and isinstance(v, bool)) for v in value
-    ):
-        raise ApiError(422, "invalid_field", f"{name}: must be a list of {kind.__name__}")
-    return value
-
-
-def _string(body: dict[str, object], name: str) -> str:
-    value = body.get(name)
-    if not isinstance(value, str):
-        raise ApiError(422, "invalid_field", f"{name}: must be a string")
-    return value
-
-
 def _items(conversation: Conversation, key: str) -> list[dict[str, object]]:
     raw = conversation.structured.get(key)
     return [dict(item) for item in raw if isinstance(item, dict)] if isinstance(raw, list) else []
@@ -176,41 +162,61 @@ async def _set_structured(
 # -- PATCH sub-routes ----------------------------------------------------------------------------
 
 
+_OMI: Final = ["omi"]
+
+
 @blueprint.patch("/conversations/<conversation_id>/title")
-async def patch_title(conversation_id: str) -> Response:
+@operation(
+    auth="user",
+    query=TitleQuery,
+    responses={200: StatusOkConversation},
+    errors=[404, 422],
+    tags=_OMI,
+)
+async def patch_title(user: User, conversation_id: str, query: TitleQuery) -> Response:
     """``?title=``: rename; answers ``{"status": "Ok", "conversation": ...}``."""
-    user_id, _ = await _owned(conversation_id)
-    updated = await _update(user_id, conversation_id, {"title": _query("title")})
+    user_id, _ = await _owned(user, conversation_id)
+    updated = await _update(user_id, conversation_id, {"title": query.title})
     return json_response({**_OK, "conversation": conversation_json(updated)})
 
 
 @blueprint.patch("/conversations/<conversation_id>/starred")
-async def patch_starred(conversation_id: str) -> Response:
+@operation(
+    auth="user",
+    query=StarredQuery,
+    responses={200: StatusOkConversation},
+    errors=[404, 422],
+    tags=_OMI,
+)
+async def patch_starred(user: User, conversation_id: str, query: StarredQuery) -> Response:
     """``?starred=true|false``; answers ``{"status": "Ok", "conversation": ...}``."""
-    user_id, _ = await _owned(conversation_id)
-    updated = await _update(user_id, conversation_id, {"starred": _query_bool("starred")})
+    user_id, _ = await _owned(user, conversation_id)
+    updated = await _update(user_id, conversation_id, {"starred": query.starred})
     return json_response({**_OK, "conversation": conversation_json(updated)})
 
 
 @blueprint.patch("/conversations/<conversation_id>/visibility")
-async def patch_visibility(conversation_id: str) -> Response:
+@operation(
+    auth="user", query=VisibilityQuery, responses={200: StatusOk}, errors=[404, 422], tags=_OMI
+)
+async def patch_visibility(user: User, conversation_id: str, query: VisibilityQuery) -> Response:
     """``?value=private|shared|public``; answers ``{"status": "Ok"}``."""
-    value = _query("value")
-    if value not in VISIBILITIES:
-        allowed = ", ".join(sorted(VISIBILITIES))
-        raise ApiError(422, "invalid_field", f"value: must be one of {allowed}")
-    user_id, _ = await _owned(conversation_id)
-    await _update(user_id, conversation_id, {"visibility": value})
+    user_id, _ = await _owned(user, conversation_id)
+    await _update(user_id, conversation_id, {"visibility": query.value})
     return json_response(_OK)
 
 
-async def _flags(conversation_id: str, key: str, index_name: str, apply: _Apply) -> Response:
-    body = await read_json_object()
-    indexes = _list_of(body, index_name, int)
-    values = _list_of(body, "values", bool)
+async def _flags(
+    user: User,
+    conversation_id: str,
+    key: str,
+    flags: tuple[str, list[int], list[bool]],
+    apply: _Apply,
+) -> Response:
+    index_name, indexes, values = flags
     if len(indexes) != len(values):
         raise ApiError(422, "invalid_field", f"{index_name} and values must have the same length")
-    user_id, conversation = await _owned(conversation_id)
+    user_id, conversation = await _owned(user, conversation_id)
     items = _items(conversation, key)
     for index, value in zip(indexes, values, strict=True):
         assert isinstance(index, int) and isinstance(value, bool)
@@ -235,25 +241,31 @@ class _Apply:
 
 
 @blueprint.patch("/conversations/<conversation_id>/events")
-async def patch_events(conversation_id: str) -> Response:
+@operation(auth="user", body=EventsPatch, responses={200: StatusOk}, errors=[404], tags=_OMI)
+async def patch_events(user: User, conversation_id: str, body: EventsPatch) -> Response:
     """``{"events_idx": [..], "values": [..]}``: mark calendar events created."""
-    return await _flags(conversation_id, "events", "events_idx", _Apply("created", stamp=False))
+    flags = ("events_idx", body.events_idx, body.values)
+    return await _flags(user, conversation_id, "events", flags, _Apply("created", stamp=False))
 
 
 @blueprint.patch("/conversations/<conversation_id>/action-items")
-async def patch_action_items(conversation_id: str) -> Response:
+@operation(auth="user", body=ActionItemsPatch, responses={200: StatusOk}, errors=[404], tags=_OMI)
+async def patch_action_items(user: User, conversation_id: str, body: ActionItemsPatch) -> Response:
     """``{"items_idx": [..], "values": [..]}``: mark action items completed."""
     apply = _Apply("completed", stamp=True)
-    return await _flags(conversation_id, "action_items", "items_idx", apply)
+    flags = ("items_idx", body.items_idx, body.values)
+    return await _flags(user, conversation_id, "action_items", flags, apply)
 
 
 @blueprint.patch("/conversations/<conversation_id>/action-items/<int:item_idx>")
-async def patch_action_item(conversation_id: str, item_idx: int) -> Response:
+@operation(auth="user", body=ActionItemEdit, responses={200: StatusOk}, errors=[404], tags=_OMI)
+async def patch_action_item(
+    user: User, conversation_id: str, item_idx: int, body: ActionItemEdit
+) -> Response:
     """``{"old_description", "description"}``: reword the item with the old description."""
     del item_idx  # Omi matches by description, not by the index in the path
-    body = await read_json_object()
-    old, new = _string(body, "old_description"), _string(body, "description")
-    user_id, conversation = await _owned(conversation_id)
+    old, new = body.old_description, body.description
+    user_id, conversation = await _owned(user, conversation_id)
     items = _items(conversation, "action_items")
     match = next((item for item in items if item.get("description") == old), None)
     if match is None:
@@ -264,10 +276,11 @@ async def patch_action_item(conversation_id: str, item_idx: int) -> Response:
 
 
 @blueprint.delete("/conversations/<conversation_id>/action-items")
-async def delete_action_item(conversation_id: str) -> Response:
+@operation(auth="user", body=ActionItemDelete, responses={204: None}, errors=[404], tags=_OMI)
+async def delete_action_item(user: User, conversation_id: str, body: ActionItemDelete) -> Response:
     """``{"description"}``: remove the action items with that description (204)."""
-    description = _string(await read_json_object(), "description")
-    user_id, conversation = await _owned(conversation_id)
+    description = body.description
+    user_id, conversation = await _owned(user, conversation_id)
     items = _items(conversation, "action_items")
     kept = [item for item in items if item.get("description") != description]
     await _set_structured(user_id, conversation, "action_items", kept)
@@ -280,11 +293,11 @@ async def _save_segments(conversation: Conversation, rows: list[SegmentRow]) -> 
 
 
 @blueprint.patch("/conversations/<conversation_id>/segments/text")
-async def patch_segment_text(conversation_id: str) -> Response:
+@operation(auth="user", body=SegmentTextEdit, responses={200: StatusOk}, errors=[404], tags=_OMI)
+async def patch_segment_text(user: User, conversation_id: str, body: SegmentTextEdit) -> Response:
     """``{"segment_id", "text"}``: correct one segment's text."""
-    body = await read_json_object()
-    segment_id, text = _string(body, "segment_id"), _string(body, "text")
-    _, conversation = await _owned(conversation_id)
+    segment_id, text = body.segment_id, body.text
+    _, conversation = await _owned(user, conversation_id)
     row = next((r for r in conversation.segments if r.id == segment_id), None)
     if row is None:
         raise ApiError(404, "not_found", "no such segment")
@@ -293,18 +306,16 @@ async def patch_segment_text(conversation_id: str) -> Response:
 
 
 @blueprint.patch("/conversations/<conversation_id>/segments/assign-bulk")
-async def assign_segments(conversation_id: str) -> Response:
+@operation(
+    auth="user", body=AssignBulk, responses={200: ConversationOut}, errors=[404, 409], tags=_OMI
+)
+async def assign_segments(user: User, conversation_id: str, body: AssignBulk) -> Response:
     """``{"segment_ids", "assign_type": "is_user"|"person_id", "value"}``: who spoke."""
-    body = await read_json_object()
-    ids = set(_list_of(body, "segment_ids", str))
-    kind, value = body.get("assign_type"), body.get("value")
-    if kind not in ("is_user", "person_id"):
-        raise ApiError(400, "invalid_parameter", "assign_type must be is_user or person_id")
+    ids = set(body.segment_ids)
+    kind, value = body.assign_type, body.value
     if value == "null" or value is False:
         value = None
-    if value is not None and not isinstance(value, str | bool):
-        raise ApiError(422, "invalid_field", "value: must be a string or null")
-    user_id, conversation = await _owned(conversation_id)
+    user_id, conversation = await _owned(user, conversation_id)
     known = {row.id for row in conversation.segments}
     if not ids <= known:
         raise ApiError(409, "conflict", "unknown segment ids")

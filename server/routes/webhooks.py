@@ -3,9 +3,12 @@
 Both surfaces share one implementation; they differ in what an endpoint subscribes to::
 
     /v1/webhooks   {"kind": one of memory_created | realtime_transcript | audio_bytes |
-                    day_summary, "url": ..., "interval_s": 5}
+                    day_summary, "url": ..., "interval_s": 5, "delivery": "at_least_once"}
     /v1/apps       {"name": ..., "url": ..., "triggers": [memory_created | realtime_transcript
-                    | audio_bytes, ...], "interval_s": 5}
+                    | audio_bytes, ...], "interval_s": 5, "delivery": "once"}
+
+``delivery`` (durable kinds): ``once`` = one try, never retried (Omi apps' default: they do not
+deduplicate); ``at_least_once`` = retried on the schedule (developer webhooks' default).
 
     POST   /v1/{webhooks,apps}                         201 {..., "secret": "whsec_..."} (once)
     GET    /v1/{webhooks,apps}                         list (no secrets)
@@ -23,19 +26,33 @@ checked again on every connection by the delivery transport.
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Mapping
-from typing import Final
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
 
 import trio
-from quart import Blueprint, Response, request
+from quart import Blueprint, Response
 
 from server.clock import wall_now
 from server.errors import ApiError
-from server.routes.deps import ctx_of, current_user, json_response, read_json_object
-from server.store import new_id
+from server.routes._contract import operation
+from server.routes._models import (
+    AppCreate,
+    AppList,
+    AppOut,
+    AppPatch,
+    DeliveryList,
+    DeliveryQuery,
+    Redelivery,
+    WebhookCreate,
+    WebhookList,
+    WebhookOut,
+    WebhookPatch,
+)
+from server.routes.deps import ctx_of, json_response
+from server.store import User, new_id
 from server.views import iso
-from server.webhooks.models import APP_TRIGGERS, WEBHOOK_KINDS, Delivery, Endpoint, OwnerKind
+from server.webhooks.models import Delivery, Endpoint, OwnerKind
 from server.webhooks.repository import LimitReachedError
 from server.webhooks.service import WebhookApi
 from server.webhooks.signing import new_secret
@@ -55,16 +72,9 @@ __all__ = [
 ]
 
 MAX_ENDPOINTS_PER_USER: Final = 20
-MAX_URL_CHARS: Final = 2048
-MAX_NAME_CHARS: Final = 100
-DEFAULT_INTERVAL_S: Final = 5.0
-MIN_INTERVAL_S: Final = 1.0
-MAX_INTERVAL_S: Final = 60.0
 RESOLVE_TIMEOUT_S: Final = 5.0
 #: How long the previous secret keeps signing after a rotation.
 ROTATION_GRACE_S: Final = 24 * 3600.0
-DEFAULT_LOG_LIMIT: Final = 20
-MAX_LOG_LIMIT: Final = 100
 
 blueprint = Blueprint("webhooks", __name__, url_prefix="/v1")
 
@@ -88,6 +98,7 @@ def endpoint_json(endpoint: Endpoint) -> dict[str, object]:
         url=endpoint.url,
         interval_s=endpoint.interval_s,
         enabled=endpoint.enabled,
+        delivery=endpoint.delivery,
         disabled_reason=endpoint.disabled_reason,
         created_at=iso(endpoint.created_at),
         updated_at=iso(endpoint.updated_at),
@@ -122,91 +133,34 @@ def delivery_json(delivery: Delivery) -> dict[str, object]:
     }
 
 
-# -- validation --------------------------------------------------------------------------------
+# -- validation (shapes, types and ranges are the models'; here what needs the network) -----
 
 
-def _invalid(field: str, message: str) -> ApiError:
-    return ApiError(422, "invalid_field", f"{field}: {message}")
-
-
-def _check_fields(body: Mapping[str, object], allowed: frozenset[str]) -> None:
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise _invalid(unknown[0], f"unknown field (allowed: {', '.join(sorted(allowed))})")
-
-
-def _string(body: Mapping[str, object], field: str, max_chars: int) -> str:
-    value = body.get(field)
-    if not isinstance(value, str) or not value.strip():
-        raise _invalid(field, "must be a non-empty string")
-    if len(value) > max_chars:
-        raise _invalid(field, f"must be at most {max_chars} characters")
-    return value.strip()
-
-
-def _interval(body: Mapping[str, object]) -> float:
-    value = body.get("interval_s", DEFAULT_INTERVAL_S)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise _invalid("interval_s", "must be a number of seconds")
-    if not MIN_INTERVAL_S <= value <= MAX_INTERVAL_S:
-        raise _invalid("interval_s", f"must be between {MIN_INTERVAL_S:g} and {MAX_INTERVAL_S:g}")
-    return float(value)
-
-
-def _kinds(body: Mapping[str, object], owner: OwnerKind) -> tuple[str, ...]:
-    if owner == "webhook":
-        kind = body.get("kind")
-        if kind not in WEBHOOK_KINDS:
-            raise _invalid("kind", f"must be one of {', '.join(sorted(WEBHOOK_KINDS))}")
-        return (str(kind),)
-    triggers = body.get("triggers")
-    if not isinstance(triggers, list) or not triggers:
-        raise _invalid("triggers", "must be a non-empty list")
-    if any(t not in APP_TRIGGERS for t in triggers):
-        raise _invalid("triggers", f"each must be one of {', '.join(sorted(APP_TRIGGERS))}")
-    return tuple(dict.fromkeys(str(t) for t in triggers))
-
-
-def _enabled(body: Mapping[str, object]) -> bool:
-    value = body.get("enabled", True)
-    if not isinstance(value, bool):
-        raise _invalid("enabled", "must be true or false")
-    return value
-
-
-async def _checked_url(body: Mapping[str, object]) -> str:
-    """The body's ``url`` if the SSRF guard admits it and every address it resolves to."""
-    url = _string(body, "url", MAX_URL_CHARS)
+async def _checked_url(url: str) -> str:
+    """``url`` if the SSRF guard admits it and every address it resolves to."""
     allow = ctx_of().settings.allow_loopback_webhooks
     try:
         target = check_url(url, allow_loopback=allow)
         with trio.fail_after(RESOLVE_TIMEOUT_S):
             await resolve_and_check(target.host, target.port, allow_loopback=allow)
     except trio.TooSlowError:
-        raise _invalid("url", "the host name did not resolve in time") from None
+        raise ApiError(422, "invalid_field", "url: the host name did not resolve in time") from None
     except UnresolvableHostError as exc:
-        raise _invalid("url", str(exc)) from exc
+        raise ApiError(422, "invalid_field", f"url: {exc}") from exc
     except SsrfError as exc:
         raise ApiError(422, "forbidden_url", f"url: {exc}") from exc
     return url
 
 
-_CREATE_FIELDS: Final = {
-    "webhook": frozenset({"kind", "url", "interval_s", "enabled"}),
-    "app": frozenset({"name", "url", "triggers", "interval_s", "enabled"}),
-}
-_PATCH_FIELDS: Final = {
-    "webhook": frozenset({"url", "interval_s", "enabled"}),
-    "app": frozenset({"name", "url", "triggers", "interval_s", "enabled"}),
-}
-
-
-async def _new_endpoint(owner: OwnerKind, user_id: str, body: Mapping[str, object]) -> Endpoint:
-    _check_fields(body, _CREATE_FIELDS[owner])
-    kinds = _kinds(body, owner)
-    name = _string(body, "name", MAX_NAME_CHARS) if owner == "app" else ""
-    interval_s, enabled = _interval(body), _enabled(body)
-    url = await _checked_url(body)
+async def _new_endpoint(
+    owner: OwnerKind, user_id: str, body: WebhookCreate | AppCreate
+) -> Endpoint:
+    kinds: tuple[str, ...]
+    if isinstance(body, AppCreate):
+        name, kinds = body.name, tuple(dict.fromkeys(body.triggers))
+    else:
+        name, kinds = "", (body.kind,)
+    url = await _checked_url(body.url)
     now = wall_now()
     return Endpoint(
         id=new_id(),
@@ -215,31 +169,35 @@ async def _new_endpoint(owner: OwnerKind, user_id: str, body: Mapping[str, objec
         name=name,
         url=url,
         kinds=kinds,
-        interval_s=interval_s,
+        interval_s=body.interval_s,
         secret=new_secret(),
         previous_secret=None,
         previous_secret_until=None,
-        enabled=enabled,
+        enabled=body.enabled,
         disabled_reason=None,
         created_at=now,
         updated_at=now,
+        delivery=body.delivery,
     )
 
 
-async def _patch_values(owner: OwnerKind, body: Mapping[str, object]) -> dict[str, object]:
-    await trio.lowlevel.checkpoint()
-    _check_fields(body, _PATCH_FIELDS[owner])
+async def _patch_values(body: Mapping[str, Any]) -> dict[str, object]:
+    """The column values of a validated ``WebhookPatch`` / ``AppPatch``."""
     values: dict[str, object] = {}
     if "name" in body:
-        values["name"] = _string(body, "name", MAX_NAME_CHARS)
+        values["name"] = body["name"]
     if "triggers" in body:
-        values["kinds_json"] = json.dumps(list(_kinds(body, owner)))
+        values["kinds_json"] = json.dumps(list(dict.fromkeys(body["triggers"])))
     if "interval_s" in body:
-        values["interval_s"] = _interval(body)
+        values["interval_s"] = float(body["interval_s"])
     if "enabled" in body:
-        values["enabled"] = int(_enabled(body))
+        values["enabled"] = int(body["enabled"])
+    if "delivery" in body:
+        values["delivery"] = body["delivery"]
     if "url" in body:
-        values["url"] = await _checked_url(body)
+        values["url"] = await _checked_url(body["url"])
+    else:
+        await trio.lowlevel.checkpoint()
     return values
 
 
@@ -247,19 +205,11 @@ def _not_found(owner: OwnerKind) -> ApiError:
     return ApiError(404, "not_found", f"no such {owner}")
 
 
-def _log_limit() -> int:
-    raw = request.args.get("limit", str(DEFAULT_LOG_LIMIT))
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LOG_LIMIT:
-        raise ApiError(400, "invalid_parameter", f"limit must be an integer in 1..{MAX_LOG_LIMIT}")
-    return int(raw)
-
-
 # -- handlers ----------------------------------------------------------------------------------
 
 
-async def _create(owner: OwnerKind) -> Response:
-    user = await current_user()
-    endpoint = await _new_endpoint(owner, user.id, await read_json_object())
+async def _create(owner: OwnerKind, user: User, body: WebhookCreate | AppCreate) -> Response:
+    endpoint = await _new_endpoint(owner, user.id, body)
     api = _api()
     try:
         await api.repo.create_endpoint(endpoint, MAX_ENDPOINTS_PER_USER)
@@ -269,26 +219,25 @@ async def _create(owner: OwnerKind) -> Response:
     return json_response({**endpoint_json(endpoint), "secret": endpoint.secret}, 201)
 
 
-async def _list(owner: OwnerKind) -> Response:
-    user = await current_user()
+async def _list(owner: OwnerKind, user: User) -> Response:
     endpoints = await _api().repo.list_endpoints(user.id, owner)
     return json_response({f"{owner}s": [endpoint_json(e) for e in endpoints]})
 
 
-async def _get(owner: OwnerKind, endpoint_id: str) -> Response:
-    user = await current_user()
+async def _get(owner: OwnerKind, user: User, endpoint_id: str) -> Response:
     endpoint = await _api().repo.get_endpoint(user.id, owner, endpoint_id)
     if endpoint is None:
         raise _not_found(owner)
     return json_response(endpoint_json(endpoint))
 
 
-async def _patch(owner: OwnerKind, endpoint_id: str) -> Response:
-    user = await current_user()
+async def _patch(
+    owner: OwnerKind, user: User, endpoint_id: str, body: Mapping[str, Any]
+) -> Response:
     api = _api()
     if await api.repo.get_endpoint(user.id, owner, endpoint_id) is None:
         raise _not_found(owner)
-    values = await _patch_values(owner, await read_json_object())
+    values = await _patch_values(body)
     endpoint = await api.repo.update_endpoint(user.id, owner, endpoint_id, values, wall_now())
     if endpoint is None:
         raise _not_found(owner)
@@ -296,8 +245,7 @@ async def _patch(owner: OwnerKind, endpoint_id: str) -> Response:
     return json_response(endpoint_json(endpoint))
 
 
-async def _delete(owner: OwnerKind, endpoint_id: str) -> Response:
-    user = await current_user()
+async def _delete(owner: OwnerKind, user: User, endpoint_id: str) -> Response:
     api = _api()
     if not await api.repo.delete_endpoint(user.id, owner, endpoint_id):
         raise _not_found(owner)
@@ -305,8 +253,7 @@ async def _delete(owner: OwnerKind, endpoint_id: str) -> Response:
     return Response(b"", status=204)
 
 
-async def _rotate(owner: OwnerKind, endpoint_id: str) -> Response:
-    user = await current_user()
+async def _rotate(owner: OwnerKind, user: User, endpoint_id: str) -> Response:
     api = _api()
     now = wall_now()
     secret = new_secret()
@@ -319,16 +266,16 @@ async def _rotate(owner: OwnerKind, endpoint_id: str) -> Response:
     return json_response({**endpoint_json(endpoint), "secret": secret})
 
 
-async def _deliveries(owner: OwnerKind, endpoint_id: str) -> Response:
-    user = await current_user()
-    deliveries = await _api().repo.list_deliveries(user.id, owner, endpoint_id, _log_limit())
+async def _deliveries(
+    owner: OwnerKind, user: User, endpoint_id: str, query: DeliveryQuery
+) -> Response:
+    deliveries = await _api().repo.list_deliveries(user.id, owner, endpoint_id, query.limit)
     if deliveries is None:
         raise _not_found(owner)
     return json_response({"deliveries": [delivery_json(d) for d in deliveries]})
 
 
-async def _redeliver(owner: OwnerKind, endpoint_id: str, delivery_id: str) -> Response:
-    user = await current_user()
+async def _redeliver(owner: OwnerKind, user: User, endpoint_id: str, delivery_id: str) -> Response:
     api = _api()
     delivery = await api.repo.redeliver(user.id, owner, endpoint_id, delivery_id, wall_now())
     if delivery is None:
@@ -337,33 +284,66 @@ async def _redeliver(owner: OwnerKind, endpoint_id: str, delivery_id: str) -> Re
     return json_response({"delivery": delivery_json(delivery)}, 202)
 
 
+_View = Callable[..., Awaitable[Response]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Shapes:
+    """The models of one surface (webhooks or apps)."""
+
+    create: type[WebhookCreate] | type[AppCreate]
+    patch: Any
+    one: type[WebhookOut] | type[AppOut]
+    many: type[WebhookList] | type[AppList]
+
+
+_SHAPES: Final[Mapping[OwnerKind, _Shapes]] = {
+    "webhook": _Shapes(WebhookCreate, WebhookPatch, WebhookOut, WebhookList),
+    "app": _Shapes(AppCreate, AppPatch, AppOut, AppList),
+}
+
+
 def _register(owner: OwnerKind) -> None:
+    """Declare the eight routes of ``/v1/{owner}s`` (typed, documented: see ``operation``)."""
     base = f"/{owner}s"
     item = f"{base}/<endpoint_id>"
+    shapes = _SHAPES[owner]
+    tags = [f"{owner}s"]
 
-    async def create() -> Response:
-        return await _create(owner)
+    def declare(name: str, **kwargs: Any) -> Callable[[_View], _View]:
+        return operation(auth="user", operation_id=f"{owner}_{name}", tags=tags, **kwargs)
 
-    async def list_() -> Response:
-        return await _list(owner)
+    @declare("create", body=shapes.create, responses={201: shapes.one}, errors=[409])
+    async def create(user: User, body: WebhookCreate | AppCreate) -> Response:
+        return await _create(owner, user, body)
 
-    async def get(endpoint_id: str) -> Response:
-        return await _get(owner, endpoint_id)
+    @declare("list", responses={200: shapes.many})
+    async def list_(user: User) -> Response:
+        return await _list(owner, user)
 
-    async def patch(endpoint_id: str) -> Response:
-        return await _patch(owner, endpoint_id)
+    @declare("get", responses={200: shapes.one}, errors=[404])
+    async def get(user: User, endpoint_id: str) -> Response:
+        return await _get(owner, user, endpoint_id)
 
-    async def delete(endpoint_id: str) -> Response:
-        return await _delete(owner, endpoint_id)
+    @declare("patch", body=shapes.patch, responses={200: shapes.one}, errors=[404])
+    async def patch(user: User, endpoint_id: str, body: Mapping[str, Any]) -> Response:
+        return await _patch(owner, user, endpoint_id, body)
 
-    async def rotate(endpoint_id: str) -> Response:
-        return await _rotate(owner, endpoint_id)
+    @declare("delete", responses={204: None}, errors=[404])
+    async def delete(user: User, endpoint_id: str) -> Response:
+        return await _delete(owner, user, endpoint_id)
 
-    async def deliveries(endpoint_id: str) -> Response:
-        return await _deliveries(owner, endpoint_id)
+    @declare("rotate_secret", responses={200: shapes.one}, errors=[404])
+    async def rotate(user: User, endpoint_id: str) -> Response:
+        return await _rotate(owner, user, endpoint_id)
 
-    async def redeliver(endpoint_id: str, delivery_id: str) -> Response:
-        return await _redeliver(owner, endpoint_id, delivery_id)
+    @declare("deliveries", query=DeliveryQuery, responses={200: DeliveryList}, errors=[404])
+    async def deliveries(user: User, endpoint_id: str, query: DeliveryQuery) -> Response:
+        return await _deliveries(owner, user, endpoint_id, query)
+
+    @declare("redeliver", responses={202: Redelivery}, errors=[404])
+    async def redeliver(user: User, endpoint_id: str, delivery_id: str) -> Response:
+        return await _redeliver(owner, user, endpoint_id, delivery_id)
 
     rules = (
         (base, "create", create, ["POST"]),

@@ -155,12 +155,22 @@ CREATE TABLE webhook_attempts (
 ) WITHOUT ROWID;
 """
 
+_SQL_DELIVERY_MODE: Final = """
+-- Per-registration delivery of durable kinds: 'once' (Omi apps: one try, never retried) or
+-- 'at_least_once' (retried until a 2xx). Apps default to 'once', developer webhooks to
+-- 'at_least_once'; registrations made before this step follow the same defaults.
+ALTER TABLE webhook_endpoints ADD COLUMN delivery TEXT NOT NULL DEFAULT 'at_least_once'
+    CHECK (delivery IN ('once', 'at_least_once'));
+UPDATE webhook_endpoints SET delivery = 'once' WHERE owner_kind = 'app';
+"""
+
 #: Every schema step, in order. Append only (see the module docstring).
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "users_and_api_tokens", _SQL_USERS_TOKENS),
     Migration(2, "conversations_and_segments", _SQL_CONVERSATIONS),
     Migration(3, "webhooks_outbox_and_delivery_log", _SQL_WEBHOOKS),
-    Migration(4, "nodes_live_sessions_and_tickets", _SQL_CLUSTER),
+    Migration(4, "webhook_delivery_mode", _SQL_DELIVERY_MODE),
+    Migration(5, "nodes_live_sessions_and_tickets", _SQL_CLUSTER),
 )
 
 LATEST_VERSION: Final = MIGRATIONS[-1].version

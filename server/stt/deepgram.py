@@ -8,7 +8,7 @@ One WebSocket (trio-websocket) per stream. Every stream owns a nursery with::
 
 The provider itself owns nothing that outlives a stream except counters.
 
-Decisions (see shared/research/reliability.md §5 for the protocol):
+Decisions (see docs/deepgram-live.md for the protocol):
 
 - **Open.** A *permanent* handshake refusal (HTTP 4xx other than 408/429: bad key, bad params)
   makes :meth:`DeepgramSttProvider.open_stream` raise :class:`SttUnavailableError`: retrying

@@ -257,6 +257,8 @@ class EmbeddedStream:
             yield
         finally:
             self._events_send.close()
+            # Bounded: the lane's session close is shielded with its own deadline
+            # (lanes._process.SESSION_CLOSE_GRACE_S); an outer bound could not cut it shorter.
             with trio.CancelScope(shield=True):
                 await self._session_stack.aclose()
 
@@ -269,7 +271,7 @@ class EmbeddedStream:
 
     async def _recover(self) -> None:
         """Try a new session after a worker crash; report recovery if it opened."""
-        with trio.CancelScope(shield=True):
+        with trio.CancelScope(shield=True):  # bounded by the lane (see _owned)
             await self._session_stack.aclose()
         try:
             await self._open_session()

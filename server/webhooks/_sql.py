@@ -16,6 +16,7 @@ from server.store import DbConnection, DbRow, lock_clause, new_id
 from server.webhooks.models import (
     Attempt,
     Delivery,
+    DeliveryMode,
     DeliveryStatus,
     DueDelivery,
     Endpoint,
@@ -27,6 +28,7 @@ __all__ = [
     "LimitReachedError",
     "all_deliveries",
     "claim_due",
+    "claim_message",
     "count_pending",
     "day_summary_users",
     "delete_endpoint",
@@ -47,7 +49,7 @@ __all__ = [
 
 _ENDPOINT_COLUMNS: Final = (
     "id, user_id, owner_kind, name, url, kinds_json, interval_s, secret, previous_secret,"
-    " previous_secret_until, enabled, disabled_reason, created_at, updated_at"
+    " previous_secret_until, enabled, disabled_reason, created_at, updated_at, delivery"
 )
 _DELIVERY_COLUMNS: Final = (
     "id, endpoint_id, user_id, kind, message_id, status, attempts, next_attempt_at,"
@@ -56,7 +58,7 @@ _DELIVERY_COLUMNS: Final = (
 #: Concurrent claimers (other nodes) skip the deliveries another one is leasing (PostgreSQL).
 CLAIM_LOCK: Final = "FOR UPDATE OF d SKIP LOCKED"
 #: Columns a PATCH may change (names come from this allow-list only).
-UPDATABLE: Final = frozenset({"url", "interval_s", "enabled", "name", "kinds_json"})
+UPDATABLE: Final = frozenset({"url", "interval_s", "enabled", "name", "kinds_json", "delivery"})
 
 
 class LimitReachedError(Exception):
@@ -79,6 +81,7 @@ def _endpoint(row: DbRow) -> Endpoint:
         disabled_reason=row["disabled_reason"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        delivery=cast(DeliveryMode, row["delivery"]),
     )
 
 
@@ -114,7 +117,7 @@ def insert_endpoint(conn: DbConnection, endpoint: Endpoint, max_per_user: int) -
         raise LimitReachedError(f"at most {max_per_user} {endpoint.owner_kind}s per user")
     conn.execute(
         f"INSERT INTO webhook_endpoints ({_ENDPOINT_COLUMNS})"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             endpoint.id,
             endpoint.user_id,
@@ -130,6 +133,7 @@ def insert_endpoint(conn: DbConnection, endpoint: Endpoint, max_per_user: int) -
             None,
             endpoint.created_at,
             endpoint.updated_at,
+            endpoint.delivery,
         ),
     )
 
@@ -249,31 +253,37 @@ def enqueue(
     content_type: str,
     now: float,
     dedupe_key: str | None = None,
+    *,
+    message_id: str | None = None,
+    defer_once_apps_s: float = 0.0,
 ) -> int:
     """Queue one message (one ``webhook-id``) for every enabled endpoint of the user for ``kind``.
 
-    Due at once. With ``dedupe_key``, an endpoint that already has that key is skipped.
+    Due at once, except for apps with ``delivery = 'once'``, which are due after
+    ``defer_once_apps_s``: the caller means to attempt them itself (:func:`claim_message`) and
+    the delivery workers only take them if it did not (it crashed). With ``dedupe_key``, an
+    endpoint that already has that key is skipped.
 
     Returns:
         How many deliveries were queued.
     """
-    endpoint_ids = [
-        row["id"]
-        for row in conn.execute(
-            "SELECT id FROM webhook_endpoints WHERE user_id = ? AND enabled = 1"
-            " AND EXISTS (SELECT 1 FROM json_each(kinds_json) WHERE value = ?)",
-            (user_id, kind),
-        )
-    ]
-    message_id = new_message_id()
+    endpoints = conn.execute(
+        "SELECT id, owner_kind, delivery FROM webhook_endpoints WHERE user_id = ? AND enabled = 1"
+        " AND EXISTS (SELECT 1 FROM json_each(kinds_json) WHERE value = ?)",
+        (user_id, kind),
+    ).fetchall()
+    message_id = message_id or new_message_id()
     queued = 0
-    for endpoint_id in endpoint_ids:
+    for row in endpoints:
+        endpoint_id = row["id"]
+        once_app = row["owner_kind"] == "app" and row["delivery"] == "once"
+        due = now + defer_once_apps_s if once_app else now
         cursor = conn.execute(
             "INSERT OR IGNORE INTO webhook_deliveries (id, endpoint_id, user_id, kind, message_id,"
             " dedupe_key, payload, content_type, status, next_attempt_at, created_at, updated_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
             (new_id(), endpoint_id, user_id, kind, message_id, dedupe_key, payload,
-             content_type, now, now, now),
+             content_type, due, now, now),
         )  # fmt: skip
         queued += cursor.rowcount
     return queued
@@ -293,6 +303,30 @@ def claim_due(conn: DbConnection, now: float, lease_s: float, limit: int) -> lis
         f" ORDER BY d.next_attempt_at, d.id LIMIT ?{lock_clause(conn, CLAIM_LOCK)}",
         (now, limit),
     ).fetchall()
+    return _lease(conn, rows, now, lease_s)
+
+
+def claim_message(
+    conn: DbConnection, message_id: str, now: float, lease_s: float
+) -> list[DueDelivery]:
+    """Lease the pending deliveries of one message to apps with ``delivery = 'once'``, due or not.
+
+    Their enqueuer attempts them at once (to put the replies into its event); the delivery
+    workers see them leased, and take them only if the lease passes unrecorded.
+    """
+    rows = conn.execute(
+        f"SELECT d.{_DELIVERY_COLUMNS.replace(', ', ', d.')}, d.payload, d.content_type,"
+        " e.enabled AS endpoint_enabled FROM webhook_deliveries d"
+        " JOIN webhook_endpoints e ON e.id = d.endpoint_id"
+        " WHERE d.message_id = ? AND d.status = 'pending' AND d.attempts = 0"
+        " AND e.owner_kind = 'app' AND e.delivery = 'once'"
+        f" ORDER BY d.id{lock_clause(conn, CLAIM_LOCK)}",
+        (message_id,),
+    ).fetchall()
+    return _lease(conn, rows, now, lease_s)
+
+
+def _lease(conn: DbConnection, rows: list[DbRow], now: float, lease_s: float) -> list[DueDelivery]:
     claimed: list[DueDelivery] = []
     for row in rows:
         if not row["endpoint_enabled"]:

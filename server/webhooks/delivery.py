@@ -1,6 +1,9 @@
 """Durable webhook delivery: outbox rows leased from the store, signed, sent, retried, logged.
 
-The promise (published in docs/webhooks.md): **at least once**. A message is written to the
+The promise (published in docs/webhooks.md) depends on the registration's ``delivery``:
+``at_least_once`` (developer webhooks' default) or ``once`` (Omi apps' default: one attempt,
+never retried, not even after a crash mid-attempt; failures are logged). For
+``at_least_once``: a message is written to the
 outbox in the same transaction as the event that caused it (a conversation's completion, a day
 summary), so it cannot be lost; a worker leases it, sends it, and records the attempt; a worker
 that dies mid-attempt leaves the lease to expire and the message is sent again, with the same
@@ -36,7 +39,7 @@ from server.clock import wall_now
 from server.drain import Drain
 from server.wakeup import Wakeup, wait_any
 from server.webhooks.models import Attempt, DeliveryStatus, DueDelivery
-from server.webhooks.payloads import append_query, attempt_headers, reply_message
+from server.webhooks.payloads import append_query, attempt_headers, chat_message, reply_message
 from server.webhooks.repository import WebhookRepository
 from server.webhooks.ssrf import SsrfError
 
@@ -234,10 +237,54 @@ class DeliveryWorkers:
             self._slots.release()
             self.wakeup.set()  # the idle loop re-reads the next due time (a retry was scheduled)
 
-    async def attempt(self, due: DueDelivery) -> Outcome:
-        """Send one leased delivery, record the attempt, and schedule what comes next."""
+    async def deliver_now(self, message_id: str) -> list[dict[str, object]]:
+        """Attempt one message's ``once`` app deliveries now, concurrently; return the apps'
+        replies as Omi chat messages (for the ``memory_created`` event).
+
+        Each attempt is bounded by ``timeout_s``; the whole call by that too (plus the store's
+        time). Cancellation: attempts in flight are cancelled; their leases expire and the
+        workers then fail them without sending (``once`` is never sent twice).
+        """
+        lease_s = self._config.timeout_s + self._config.lease_margin_s
+        claimed = await self._repo.claim_message(message_id, wall_now(), lease_s)
+        replies: list[dict[str, object]] = []
+
+        async def one(due: DueDelivery) -> None:
+            await trio.lowlevel.checkpoint()
+            try:
+                outcome = await self.attempt(due, relay=False)
+            except Exception:  # recording failed: the lease expires, the workers fail it
+                LOGGER.exception(
+                    "webhook delivery %s: recording the attempt failed", due.delivery.id
+                )
+                return
+            message = self._relay(due, outcome.body) if outcome.ok else None
+            if message is not None:
+                replies.append(chat_message(due.endpoint.id, message, wall_now()))
+
+        self._in_flight += len(claimed)
+        try:
+            async with trio.open_nursery() as nursery:
+                for due in claimed:
+                    nursery.start_soon(one, due)
+        finally:
+            self._in_flight -= len(claimed)
+        return replies
+
+    async def attempt(self, due: DueDelivery, *, relay: bool = True) -> Outcome:
+        """Send one leased delivery, record the attempt, and schedule what comes next.
+
+        A ``once`` delivery leased a second time (the first attempt's worker died before
+        recording it) is failed without being sent.
+        """
         delivery, endpoint = due.delivery, due.endpoint
         started = wall_now()
+        if endpoint.delivery == "once" and delivery.attempts > 1:
+            outcome = Outcome(False, None, "not retried: delivery is 'once'")
+            log = Attempt(delivery.attempts, started, 0.0, None, outcome.error)
+            self._counts["failed"] += 1
+            await self._store_outcome(due, log, "failed", None, None)
+            return outcome
         headers = attempt_headers(
             endpoint.secrets_at(started),
             delivery.message_id,
@@ -250,7 +297,7 @@ class DeliveryWorkers:
         finished = wall_now()
         log = Attempt(delivery.attempts, started, finished - started, outcome.status, outcome.error)
         await self._record(due, log, outcome, finished)
-        if outcome.ok and endpoint.owner_kind == "app":
+        if relay and outcome.ok and endpoint.owner_kind == "app":
             self._relay(due, outcome.body)
         return outcome
 
@@ -277,6 +324,16 @@ class DeliveryWorkers:
 
     async def _record(self, due: DueDelivery, log: Attempt, outcome: Outcome, now: float) -> None:
         status, next_at, disable = self._decide(due, outcome, now)
+        await self._store_outcome(due, log, status, next_at, disable)
+
+    async def _store_outcome(
+        self,
+        due: DueDelivery,
+        log: Attempt,
+        status: DeliveryStatus,
+        next_at: float | None,
+        disable: str | None,
+    ) -> None:
         with trio.CancelScope(shield=True), trio.move_on_after(RECORD_BUDGET_S):
             await self._repo.record_attempt(
                 due.delivery.id,
@@ -296,6 +353,9 @@ class DeliveryWorkers:
             self._counts["failed"] += 1
             self._counts["disabled"] += 1
             return "failed", None, "410 Gone"
+        if due.endpoint.delivery == "once":
+            self._counts["failed"] += 1
+            return "failed", None, None
         delay = next_delay_s(self._config, due.delivery.attempts, outcome.retry_after_s, self._rng)
         if delay is None:
             self._counts["failed"] += 1
@@ -303,10 +363,11 @@ class DeliveryWorkers:
         self._counts["retried"] += 1
         return "pending", now + delay, None
 
-    def _relay(self, due: DueDelivery, body: bytes) -> None:
+    def _relay(self, due: DueDelivery, body: bytes) -> str | None:
+        """Push an app's reply to the user as ``app_message``; return the reply text."""
         message = reply_message(body)
         if message is None:
-            return
+            return None
         self._app_messages += 1
         event: dict[str, object] = {
             "type": "app_message",
@@ -315,6 +376,7 @@ class DeliveryWorkers:
             "message": message,
         }
         self._on_event(due.delivery.user_id, event)
+        return message
 
     def statistics(self) -> DeliveryStatistics:
         """A snapshot of the counters."""

@@ -7,12 +7,15 @@ from typing import Final, Literal
 
 __all__ = [
     "APP_TRIGGERS",
+    "DEFAULT_DELIVERY",
+    "DELIVERY_MODES",
     "DURABLE_KINDS",
     "OWNER_KINDS",
     "REALTIME_KINDS",
     "WEBHOOK_KINDS",
     "Attempt",
     "Delivery",
+    "DeliveryMode",
     "DeliveryStatus",
     "DueDelivery",
     "Endpoint",
@@ -21,6 +24,16 @@ __all__ = [
 
 OwnerKind = Literal["webhook", "app"]
 DeliveryStatus = Literal["pending", "delivered", "failed"]
+#: ``once``: one try (Omi apps' expectation: they do not deduplicate); ``at_least_once``:
+#: retried on the schedule until a 2xx, receivers deduplicate on ``webhook-id``.
+DeliveryMode = Literal["once", "at_least_once"]
+
+DELIVERY_MODES: Final = frozenset({"once", "at_least_once"})
+#: The mode a registration gets when it names none: Omi apps expect one try.
+DEFAULT_DELIVERY: Final[dict[OwnerKind, DeliveryMode]] = {
+    "app": "once",
+    "webhook": "at_least_once",
+}
 
 OWNER_KINDS: Final = frozenset({"webhook", "app"})
 #: Developer webhook kinds (Omi's ``WebhookType``).
@@ -47,6 +60,8 @@ class Endpoint:
         previous_secret: the secret before the last rotation, still signed with until
             ``previous_secret_until`` (Unix seconds).
         disabled_reason: why it was disabled (``410 Gone``, by the user, ...).
+        delivery: ``once`` or ``at_least_once`` for durable kinds (``memory_created``,
+            ``day_summary``); realtime kinds are best-effort either way.
     """
 
     id: str
@@ -63,6 +78,7 @@ class Endpoint:
     disabled_reason: str | None
     created_at: float
     updated_at: float
+    delivery: DeliveryMode = "at_least_once"
 
     def secrets_at(self, now: float) -> tuple[str, ...]:
         """The secrets to sign with at ``now`` (two during a rotation's grace period)."""

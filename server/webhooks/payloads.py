@@ -16,7 +16,9 @@ retry of a durable message carries identical bytes under the same ``webhook-id``
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Final
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -26,6 +28,7 @@ __all__ = [
     "OCTET_STREAM",
     "append_query",
     "attempt_headers",
+    "chat_message",
     "day_summary_body",
     "dumps",
     "realtime_transcript_body",
@@ -86,3 +89,23 @@ def reply_message(body: bytes) -> str | None:
     if not isinstance(message, str) or len(message.strip()) < MIN_MESSAGE_CHARS:
         return None
     return message.strip()[:MAX_MESSAGE_CHARS]
+
+
+def chat_message(app_id: str, text: str, now: float) -> dict[str, object]:
+    """An app's reply as an Omi chat message (the app's ``ServerMessage.fromJson`` shape:
+    ``app/lib/backend/schema/message.dart``; backend ``models/chat.py`` ``Message``)."""
+    return {
+        "id": str(uuid.uuid4()),
+        "created_at": datetime.fromtimestamp(now, UTC).isoformat().replace("+00:00", "Z"),
+        "text": text,
+        "sender": "ai",
+        "type": "text",
+        "app_id": app_id,
+        "plugin_id": app_id,
+        "from_external_integration": False,
+        "from_integration": False,
+        "memories_id": [],
+        "memories": [],
+        "files": [],
+        "ask_for_nps": False,
+    }

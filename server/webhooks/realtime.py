@@ -10,11 +10,19 @@ in flight and a slow endpoint only ever delays itself.
 
 What is sent, and what can be lost:
 
-* ``realtime_transcript`` - **accumulate, then latest-wins**: changed segments are merged by id
-  into the stream's pending set (a newer version of a segment replaces the older one) until the
-  consumer takes them all in one post. While a post is in flight, newer batches coalesce, so
-  nothing is lost unless more than ``max_pending_segments`` pile up (the oldest are dropped,
-  counted as ``segments_overflow``) or the post itself fails (no retry, counted).
+* ``realtime_transcript`` - Omi's semantics (backend/utils/webhooks.py,
+  backend/utils/app_integrations.py): body ``{"segments": [...], "session_id": <the user's
+  id>}``, where ``segments`` are the transcript pieces **new since this endpoint's last
+  delivery**: each final STT result (or suggested transcript segment) is one piece with its own
+  id, sent exactly once, so a receiver that appends every post (Omi's mentor plugin) holds each
+  spoken word once. (The client's segments, which merge and grow, are not what is posted.)
+  **Accumulate, then latest-wins**: pieces collect in the stream's pending set until the
+  consumer takes them all in one post; while a post is in flight newer pieces coalesce into the
+  next one, and what a post took is never sent again. Lost only if more than
+  ``max_pending_segments`` pile up (the oldest are dropped, counted as ``segments_overflow``) or
+  the post itself fails (no retry, counted).
+* A receiver's reply ``message`` (longer than 5 characters) goes to the user's sessions as an
+  ``app_message`` event and is kept for the conversation's ``memory_created.messages``.
 * ``audio_bytes`` - PCM16 is buffered per stream until ``interval_s`` seconds are collected,
   then handed to the slot as one chunk; a chunk still waiting when the next one is ready is
   replaced (``audio_chunks_dropped``). Memory per stream is bounded by two chunks.
@@ -38,9 +46,11 @@ from server.webhooks.payloads import (
     OCTET_STREAM,
     append_query,
     attempt_headers,
+    chat_message,
     realtime_transcript_body,
     reply_message,
 )
+from server.webhooks.replies import AppReplies
 from server.webhooks.repository import JSON_CONTENT_TYPE
 from server.webhooks.signing import new_message_id
 from server.webhooks.ssrf import SsrfError
@@ -121,6 +131,7 @@ class _Stream:
     pending: dict[str, dict[str, object]] = field(default_factory=dict)
     audio: bytearray = field(default_factory=bytearray)
     sample_rate: int = 16000
+    conversation_id: str | None = None
 
     @property
     def session_id(self) -> str:
@@ -141,6 +152,7 @@ class RealtimeDispatcher:
         config: limits.
         on_event: ``on_event(user_id, event)`` relays a receiver's reply ``message``.
         on_gone: called with an endpoint that answered 410 (to disable it durably).
+        replies: where replies are kept for the conversation's ``memory_created`` event.
     """
 
     def __init__(
@@ -150,7 +162,9 @@ class RealtimeDispatcher:
         config: RealtimeConfig,
         on_event: EventSink,
         on_gone: GoneCallback,
+        replies: AppReplies | None = None,
     ) -> None:
+        self._replies = replies or AppReplies()
         self._lane = lane
         self._nursery = nursery
         self._config = config
@@ -197,13 +211,14 @@ class RealtimeDispatcher:
         conversation_id: str | None,
         segments: list[dict[str, object]],
     ) -> None:
-        """Merge changed segments into each transcript stream and wake its consumer."""
+        """Add new transcript pieces to each transcript stream and wake its consumer."""
         for endpoint in self._by_user.get(user_id, ()):
             if TRANSCRIPT not in endpoint.kinds:
                 continue
             stream = self._stream(user_id, session_id, endpoint, TRANSCRIPT)
             if stream is None:
                 continue
+            stream.conversation_id = conversation_id or stream.conversation_id
             for segment in segments:
                 stream.pending.pop(str(segment.get("id")), None)
                 stream.pending[str(segment.get("id"))] = segment
@@ -273,7 +288,7 @@ class RealtimeDispatcher:
                 batch = list(stream.pending.values())
                 stream.pending.clear()
                 if batch:
-                    body = realtime_transcript_body(stream.session_id, batch)
+                    body = realtime_transcript_body(stream.user_id, batch)
                     await self._post(stream, body, JSON_CONTENT_TYPE, {})
             elif item:
                 params = {"sample_rate": str(stream.sample_rate)}
@@ -335,6 +350,10 @@ class RealtimeDispatcher:
             "message": message,
         }
         self._on_event(stream.user_id, event)
+        if stream.conversation_id is not None:
+            self._replies.add(
+                stream.conversation_id, chat_message(endpoint.id, message, wall_now())
+            )
 
     def _count(self, name: str) -> None:
         self._counts[name] = self._counts.get(name, 0) + 1

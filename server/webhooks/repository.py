@@ -29,12 +29,33 @@ RetT = TypeVar("RetT")
 ArgsP = ParamSpec("ArgsP")
 
 
-def outbox_hook(kind: str, render: Callable[[Conversation], bytes], now: float) -> CompletionHook:
-    """A completion hook that queues ``render(completed)`` for the owner's endpoints of ``kind``."""
+def outbox_hook(
+    kind: str,
+    render: Callable[[Conversation], bytes],
+    now: float,
+    *,
+    message_id: str | None = None,
+    defer_once_apps_s: float = 0.0,
+) -> CompletionHook:
+    """A completion hook that queues ``render(completed)`` for the owner's endpoints of ``kind``.
+
+    ``message_id`` names the message (its ``webhook-id``) so the caller can attempt the
+    ``once`` apps' deliveries itself (see :func:`server.webhooks._sql.enqueue`).
+    """
 
     def hook(conn: DbConnection, completed: Conversation) -> None:
         payload = render(completed)
-        _sql.enqueue(conn, completed.user_id, kind, payload, JSON_CONTENT_TYPE, now, None)
+        _sql.enqueue(
+            conn,
+            completed.user_id,
+            kind,
+            payload,
+            JSON_CONTENT_TYPE,
+            now,
+            None,
+            message_id=message_id,
+            defer_once_apps_s=defer_once_apps_s,
+        )
 
     return hook
 
@@ -131,6 +152,10 @@ class WebhookRepository:
     async def claim_due(self, now: float, lease_s: float, limit: int) -> list[DueDelivery]:
         """Lease due deliveries (see :func:`server.webhooks._sql.claim_due`)."""
         return await self._run(_sql.claim_due, now, lease_s, limit)
+
+    async def claim_message(self, message_id: str, now: float, lease_s: float) -> list[DueDelivery]:
+        """Lease one message's ``once`` app deliveries (see :func:`_sql.claim_message`)."""
+        return await self._run(_sql.claim_message, message_id, now, lease_s)
 
     async def record_attempt(
         self,

@@ -4,8 +4,10 @@ A webhook URL is refused unless its scheme is https (http too in loopback mode),
 credentials, and **every** address its host resolves to (A and AAAA) is public. Python's
 ``ipaddress.is_global`` misses several ranges that reach internal hosts, so they are denied
 explicitly: NAT64 and 6to4 prefixes (they embed any IPv4 address), IETF protocol assignments,
-shared address space (CGNAT), benchmarking, the reserved 240/4 block, multicast, and the Azure
-WireServer address. IPv4-mapped and IPv4-compatible IPv6 addresses are judged by the IPv4
+shared address space (CGNAT), benchmarking, the reserved 240/4 block, multicast, site-local
+IPv6 (fec0::/10), IPv4-translated IPv6, the newer IPv6 documentation block, and the Azure
+WireServer address. Anything else must be ``is_global`` (the last check), so every range the
+IANA special-purpose registries mark not globally reachable is refused. IPv4-mapped and IPv4-compatible IPv6 addresses are judged by the IPv4
 address inside. Loopback mode (local development and tests) admits exactly ``127.0.0.0/8`` and
 ``::1``; private ranges stay refused.
 
@@ -69,6 +71,10 @@ EXPLICIT_DENIES: Final[tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network
     (ipaddress.ip_network("64:ff9b::/96"), "NAT64 (it can reach any IPv4 address)"),
     (ipaddress.ip_network("64:ff9b:1::/48"), "local-use NAT64"),
     (ipaddress.ip_network("2002::/16"), "6to4 (it can reach any IPv4 address)"),
+    (ipaddress.ip_network("192.88.99.0/24"), "the deprecated 6to4 relay anycast (192.88.99.0/24)"),
+    (ipaddress.ip_network("::ffff:0:0:0/96"), "IPv4-translated (SIIT, it embeds an IPv4 address)"),
+    (ipaddress.ip_network("fec0::/10"), "site-local (fec0::/10, deprecated, still routed inside)"),
+    (ipaddress.ip_network("3fff::/20"), "a documentation address (3fff::/20)"),
 )
 LOOPBACK_V4: Final = ipaddress.ip_network("127.0.0.0/8")
 LOOPBACK_V6: Final = ipaddress.ip_address("::1")

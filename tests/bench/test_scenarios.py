@@ -27,6 +27,7 @@ async def _store(out: dict[str, Any], key: str, fn: Any, *args: Any) -> None:
     out[key] = await fn(*args)
 
 
+@pytest.mark.slow
 async def test_p3_and_p4_against_trioscribe() -> None:
     out: dict[str, Any] = {}
     with trio.fail_after(40):
@@ -67,6 +68,7 @@ def test_a_generator_bound_step_never_decides_a_figure() -> None:
     assert best_under(runs, 1.0) == 10
 
 
+@pytest.mark.slow
 def test_report_from_a_tiny_fixture(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     p1 = {"meta": {"quick": True, "wall_s": 1.0, "at": "now"}, "steps": [10, 20]}

@@ -85,9 +85,11 @@ def _speech_wav(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     return path
 
 
-@pytest.fixture(scope="session", name="browser")
+@pytest.fixture(scope="module", name="browser")
 def _browser(speech_wav: pathlib.Path) -> Iterator[Browser]:
-    """One headless Chromium for the whole session, its microphone playing ``speech_wav``."""
+    """One headless Chromium shared by every browser test (they live in one module, so the
+    browser, like the server and the receiver, is gone before the rest of the suite runs), its
+    microphone playing ``speech_wav``."""
     reason = _unavailable()
     if reason is not None:
         _skip_or_fail(reason)
@@ -191,7 +193,7 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=5)
 
 
-@pytest.fixture(scope="session", name="console_server")
+@pytest.fixture(scope="module", name="console_server")
 def _console_server(
     browser: Browser, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
@@ -219,7 +221,7 @@ class Receiver:
         return [json.loads(line) for line in self.log.read_text().splitlines() if line]
 
 
-@pytest.fixture(scope="session", name="receiver")
+@pytest.fixture(scope="module", name="receiver")
 def _receiver(
     console_server: ServerProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Receiver]:

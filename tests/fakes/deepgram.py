@@ -1,6 +1,6 @@
 """A fake Deepgram live server (``/v1/listen``) on trio-websocket, for STT client tests.
 
-It follows the contract in shared/research/reliability.md §5:
+It follows the contract in docs/deepgram-live.md:
 
 - Handshake: path ``/v1/listen``; ``Authorization: Token <api_key>`` (else HTTP 401); a known
   ``encoding`` needs a ``sample_rate`` and ``sample_rate`` needs an ``encoding`` (else HTTP 400).

@@ -1,6 +1,7 @@
 """A real loopback HTTP/1.1 server whose paths select fault profiles, for outbound-HTTP tests.
 
-Raw Trio TCP + h11, so every fault is exact (a hang really hangs, a reset really resets).
+Served by :func:`bench.loopback_http.serve_h11` (raw Trio TCP + h11), so every fault is exact
+(a hang really hangs, a reset really resets).
 Profiles (any method)::
 
     /ok              200 "ok"
@@ -26,16 +27,16 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Final
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
-import h11
 import trio
+
+from bench.loopback_http import Request, Response, serve_h11
 
 __all__ = ["HttpTargets", "RecordedRequest", "open_http_targets", "serve_targets"]
 
 BIG_BODY_BYTES: Final = 1024 * 1024
 MAX_REQUEST_BYTES: Final = 1024 * 1024
-READ_CHUNK_BYTES: Final = 65536
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,16 +49,13 @@ class RecordedRequest:
     headers: dict[str, str]
     body: bytes
 
-
-@dataclass(frozen=True, slots=True)
-class _Reply:
-    status: int
-    body: bytes = b""
-    headers: tuple[tuple[str, str], ...] = ()
-
-
-class _Abort(Exception):
-    """The profile wants the connection dropped without an answer."""
+    @classmethod
+    def of(cls, request: Request) -> RecordedRequest:
+        """The record of a request the loopback core parsed."""
+        return cls(
+            request.method, request.path, parse_qs(request.query), dict(request.headers),
+            request.body,
+        )  # fmt: skip
 
 
 class HttpTargets:
@@ -97,10 +95,11 @@ async def serve_targets(  # noqa: ASYNC114 -- no project-wide startable list is 
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the fault profiles until cancelled; ``task_status.started(port)`` once listening."""
-    listeners = await trio.open_tcp_listeners(port, host=host)
-    targets.port = listeners[0].socket.getsockname()[1]
-    task_status.started(targets.port)
-    await trio.serve_listeners(partial(_serve_connection, targets), listeners)
+    serve = partial(serve_h11, partial(_answer, targets), host=host, port=port,
+                    max_request_bytes=MAX_REQUEST_BYTES)  # fmt: skip
+    async with trio.open_nursery() as nursery:
+        targets.port = await nursery.start(serve)
+        task_status.started(targets.port)
 
 
 @asynccontextmanager
@@ -113,108 +112,58 @@ async def open_http_targets() -> AsyncIterator[HttpTargets]:
         nursery.cancel_scope.cancel()
 
 
-async def _serve_connection(targets: HttpTargets, stream: trio.abc.Stream) -> None:
-    conn = h11.Connection(h11.SERVER)
-    try:
-        while True:
-            request = await _read_request(conn, stream)
-            if request is None:
-                return
-            targets.record(request)
-            await _answer(conn, stream, request)
-            if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
-                return
-            conn.start_next_cycle()
-    except (_Abort, h11.ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
-    finally:
-        await trio.aclose_forcefully(stream)
+async def _answer(
+    targets: HttpTargets, request: Request, stream: trio.SocketStream
+) -> Response | None:
+    recorded = RecordedRequest.of(request)
+    targets.record(recorded)
+    profile = _PROFILES.get(recorded.path, _status)
+    return await profile(recorded, stream)
 
 
-async def _read_request(conn: h11.Connection, stream: trio.abc.Stream) -> RecordedRequest | None:
-    head: h11.Request | None = None
-    body = bytearray()
-    while True:  # noqa: ASYNC913 -- each turn consumes buffered data or reads more
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            conn.receive_data(bytes(await stream.receive_some(READ_CHUNK_BYTES)))
-        elif isinstance(event, h11.Request):
-            head = event
-        elif isinstance(event, h11.Data):
-            body += event.data
-            if len(body) > MAX_REQUEST_BYTES:
-                raise _Abort
-        elif isinstance(event, h11.EndOfMessage) and head is not None:
-            return _record(head, bytes(body))  # noqa: ASYNC910 -- h11 read when it needed data
-        else:  # ConnectionClosed, PAUSED
-            return None  # noqa: ASYNC910 -- as above
+#: ``None``: drop the connection without an answer.
+Profile = Callable[[RecordedRequest, trio.SocketStream], Awaitable[Response | None]]
 
 
-def _record(head: h11.Request, body: bytes) -> RecordedRequest:
-    split = urlsplit(head.target.decode("ascii"))
-    return RecordedRequest(
-        method=head.method.decode("ascii"),
-        path=split.path,
-        query=parse_qs(split.query),
-        headers={
-            name.decode("ascii").lower(): value.decode("latin-1") for name, value in head.headers
-        },
-        body=body,
-    )
-
-
-async def _answer(conn: h11.Connection, stream: trio.abc.Stream, request: RecordedRequest) -> None:
-    profile = _PROFILES.get(request.path, _status)
-    reply = await profile(request, stream)
-    headers = [("content-length", str(len(reply.body))), *reply.headers]
-    data = conn.send(h11.Response(status_code=reply.status, headers=headers))
-    data += conn.send(h11.Data(data=reply.body)) or b""
-    data += conn.send(h11.EndOfMessage()) or b""
-    await stream.send_all(data or b"")
-
-
-Profile = Callable[[RecordedRequest, trio.abc.Stream], Awaitable[_Reply]]
-
-
-async def _ok(request: RecordedRequest, stream: trio.abc.Stream) -> _Reply:
+async def _ok(request: RecordedRequest, stream: trio.SocketStream) -> Response | None:
     await trio.lowlevel.checkpoint()
-    return _Reply(200, b"ok", (("content-type", "text/plain"),))
+    return Response(200, b"ok", (("content-type", "text/plain"),))
 
 
-async def _echo(request: RecordedRequest, stream: trio.abc.Stream) -> _Reply:
+async def _echo(request: RecordedRequest, stream: trio.SocketStream) -> Response | None:
     await trio.lowlevel.checkpoint()
-    return _Reply(200, request.body, (("x-echo-method", request.method),))
+    return Response(200, request.body, (("x-echo-method", request.method),))
 
 
-async def _hang(request: RecordedRequest, stream: trio.abc.Stream) -> _Reply:
+async def _hang(request: RecordedRequest, stream: trio.SocketStream) -> Response | None:
     await trio.sleep_forever()
 
 
-async def _slow(request: RecordedRequest, stream: trio.abc.Stream) -> _Reply:
+async def _slow(request: RecordedRequest, stream: trio.SocketStream) -> Response | None:
     await trio.sleep(int(request.query.get("ms", ["100"])[0]) / 1000)
-    return _Reply(200, b"slow")
+    return Response(200, b"slow")
 
 
-async def _big(request: RecordedRequest, stream: trio.abc.Stream) -> _Reply:
+async def _big(request: RecordedRequest, stream: trio.SocketStream) -> Response | None:
     await trio.lowlevel.checkpoint()
-    return _Reply(200, b"x" * BIG_BODY_BYTES)
+    return Response(200, b"x" * BIG_BODY_BYTES)
 
 
-async def _close(request: RecordedRequest, stream: trio.abc.Stream) -> _Reply:
+async def _close(request: RecordedRequest, stream: trio.SocketStream) -> Response | None:
     await trio.lowlevel.checkpoint()
-    raise _Abort
+    return None
 
 
-async def _garbage(request: RecordedRequest, stream: trio.abc.Stream) -> _Reply:
+async def _garbage(request: RecordedRequest, stream: trio.SocketStream) -> Response | None:
     await stream.send_all(b"this is not HTTP at all\r\n\r\n")
-    raise _Abort
+    return None
 
 
-async def _status(request: RecordedRequest, stream: trio.abc.Stream) -> _Reply:
+async def _status(request: RecordedRequest, stream: trio.SocketStream) -> Response | None:
     await trio.lowlevel.checkpoint()
     code = request.query.get("code", [request.path.lstrip("/")])[0]
     status = int(code) if code.isdigit() else 404
-    return _Reply(status, f"status {status}".encode(), _FIXED_HEADERS.get(status, ()))
+    return Response(status, f"status {status}".encode(), _FIXED_HEADERS.get(status, ()))
 
 
 _FIXED_HEADERS: Final[dict[int, tuple[tuple[str, str], ...]]] = {

@@ -28,7 +28,7 @@ from server.store import (
     new_id,
 )
 from server.store._pool import ConnectionPool
-from server.webhooks.models import Endpoint, OwnerKind
+from server.webhooks.models import DeliveryMode, Endpoint, OwnerKind
 from server.webhooks.repository import WebhookRepository
 from server.webhooks.signing import new_secret
 
@@ -105,6 +105,7 @@ async def add_endpoint(
     name: str = "",
     interval_s: float = 5.0,
     user_id: str | None = None,
+    delivery: DeliveryMode = "at_least_once",
 ) -> Endpoint:
     """Register an endpoint directly in the store (what the API does after its checks)."""
     now = wall_now()
@@ -123,6 +124,7 @@ async def add_endpoint(
         disabled_reason=None,
         created_at=now,
         updated_at=now,
+        delivery=delivery,
     )
     await world.repo.create_endpoint(endpoint, 100)
     return endpoint

@@ -269,7 +269,7 @@ async def test_the_apps_patch_routes(server: ServerHandle, client: httpx.AsyncCl
         and item["description"] == ("send the notes")
     )
     assert final["structured"]["action_items"] == []
-    assert (foreign.status_code, missing.status_code, mismatch.status_code) == (404, 422, 422)
+    assert (foreign.status_code, missing.status_code, mismatch.status_code) == (404, 400, 422)
     assert deleted.status_code == 204
 
 

@@ -10,8 +10,10 @@ import pytest
 
 from server.listen.codecs import (
     SUPPORTED_CODECS,
+    AacDecoder,
     BadFrameError,
     CodecError,
+    Lc3Decoder,
     OpusDecoder,
     PcmDecoder,
     UnsupportedCodecError,
@@ -108,13 +110,15 @@ def test_garbage_opus_is_a_counted_bad_frame(packet: bytes) -> None:
 def test_make_decoder_picks_the_decoder_per_codec() -> None:
     assert isinstance(make_decoder("pcm16", 8000), PcmDecoder)
     assert isinstance(make_decoder("opus", 8000), OpusDecoder)
-    assert SUPPORTED_CODECS == {"pcm8", "pcm16", "opus", "opus_fs320"}
+    assert isinstance(make_decoder("aac", 16000), AacDecoder)
+    assert isinstance(make_decoder("lc3_fs1030", 16000), Lc3Decoder)
+    assert SUPPORTED_CODECS == {"pcm8", "pcm16", "opus", "opus_fs320", "aac", "lc3_fs1030"}
 
 
 @pytest.mark.parametrize(
     ("codec", "rate", "channels", "param", "code", "message"),
     [
-        ("mp3", 16000, 1, "codec", 1003, "codec 'mp3' is not supported (use opus, opus_fs320,"),
+        ("mp3", 16000, 1, "codec", 1003, "codec 'mp3' is not supported (use aac, lc3_fs1030,"),
         ("lc3", 16000, 1, "codec", 1003, "codec 'lc3' is not supported"),
         ("pcm16", 16000, 2, "channels", 1003, "channels=2 is not supported: send mono audio"),
         ("opus", 44100, 1, "sample_rate", 1008, "sample_rate must be 8000 or 16000 (got 44100)"),

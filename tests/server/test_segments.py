@@ -322,6 +322,7 @@ def squash(parts: list[str]) -> str:
     return "".join("".join(parts).split())
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(segment_streams(), st.lists(st.integers(1, 4), min_size=1, max_size=30))
 def test_no_text_is_lost_times_stay_ordered_and_clients_stay_in_sync(
