@@ -194,7 +194,8 @@ async def _serve(ctx: ListenContext, deps: ListenDeps, ws: AsgiWebSocket) -> Non
         await _admit_in_cluster(ctx, session)
         try:
             await _run_admitted(ctx, deps, ws, session, params)
-        finally:  # also after cancellation: shielded, bounded
+        finally:  # this node first (the sweeper's view), then the cluster: shielded, bounded
+            deps.registry.release(session)
             with trio.CancelScope(shield=True), trio.move_on_after(CLEANUP_BUDGET_S):
                 await _release_in_cluster(ctx, session)
     finally:

@@ -116,6 +116,9 @@ async def test_sweeper_closes_abandoned_conversations(
         user = await store.get_user_by_name("alice")
         assert user is not None
         assert (await store.get_in_progress(user.id)) is not None
+        # The server finishes the session (flush, persist, release) before time jumps: the
+        # sweeper leaves conversations of live sessions alone.
+        await wait_until(lambda: server.context.sessions.statistics().live == 0)
         clock.jump(125)  # past the timeout: the next sweep closes it
         sweeper = server.components.sweeper
         await wait_until(lambda: sweeper.statistics().closed == 1)
