@@ -154,7 +154,9 @@ class BackgroundGroup:
             await fn(*args)
         except Exception:
             self._failed += 1
-            LOGGER.exception("background task of group %r failed", self.name)
+            LOGGER.exception(
+                "background task of group %r failed", self.name, extra={"lane": self.name}
+            )
         else:
             self._completed += 1
 

@@ -251,7 +251,13 @@ class ProcessSession:
         try:
             await self._lane._request(self._worker, ("close", self.id))
         except LaneError as exc:
-            LOGGER.warning("lane %r: closing session %d failed: %s", self._lane.name, self.id, exc)
+            LOGGER.warning(
+                "lane %r: closing session %d failed: %s",
+                self._lane.name,
+                self.id,
+                exc,
+                extra={"lane": self._lane.name},
+            )
 
 
 @final
@@ -362,7 +368,12 @@ class ProcessLane:
         delay = RESTART_DELAY_S
         while not self._closing:
             self._counts["crashes"] += 1
-            LOGGER.warning("lane %r: worker %d died; restarting", self.name, slot.index)
+            LOGGER.warning(
+                "lane %r: worker %d died; restarting",
+                self.name,
+                slot.index,
+                extra={"lane": self.name},
+            )
             await trio.sleep(delay)
             if not self._closing:  # (mypy cannot see that the sleep may change it)
                 self._counts["restarts"] += 1
@@ -448,7 +459,7 @@ class _FrameReader:
         except EOFError:
             return None
         except (ValueError, pickle.UnpicklingError, AttributeError, ImportError) as exc:
-            LOGGER.error("lane %r: bad frame from a worker: %s", lane, exc)
+            LOGGER.error("lane %r: bad frame from a worker: %s", lane, exc, extra={"lane": lane})
             return None
         return frame
 

@@ -1,53 +1,79 @@
-"""``python -m server``: run the server, or manage API tokens.
+"""``python -m server``: run the server, check a deployment, or manage API tokens.
 
 Usage::
 
     python -m server [--port 8000 --data-dir ./data --stt embedded ...]   # serve
-    python -m server token create USER [--label L]                        # prints the token only
+    python -m server check [--migrate] [same flags]      # settings + store, one line, exit 0/1
+    python -m server token create USER [--label L]       # prints the token only
     python -m server token list [USER]
     python -m server token revoke TOKEN_ID
+    python -m server --version
 
-Every flag also reads ``TRIOSCRIBE_<NAME>`` from the environment (``python -m server --help``).
+Every flag also reads ``TRIOSCRIBE_<NAME>`` from the environment (``python -m server --help``);
+a flag wins over its variable.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import logging
 import os
 import pathlib
 import sys
 from collections.abc import Sequence
 from functools import partial
+from typing import NoReturn
 
 import trio
 
-from server.settings import SettingsError, settings_from_argv
+from server.settings import Settings, SettingsError, parse_settings, settings_parser
 
 __all__ = ["main"]
 
 EXIT_OK = 0
 EXIT_FORCED = 1
+EXIT_CHECK_FAILED = 1
 EXIT_USAGE = 2
+
+COMMANDS_EPILOG = """commands:
+  check [--migrate]            validate the settings and open the store (pending schema
+                               migrations fail the check; --migrate applies them); one line,
+                               exit 0 or 1
+  token create USER [--label L] | token list [USER] | token revoke ID
+                               manage API tokens (see also: user list)
+
+Flags win over TRIOSCRIBE_* environment variables, which win over the defaults."""
+
+
+def _secrets(settings: Settings) -> list[str | None]:
+    return [
+        getattr(settings, f.name) for f in dataclasses.fields(settings) if f.metadata.get("secret")
+    ]
 
 
 def _run_server(argv: Sequence[str]) -> int:
+    parser = settings_parser(
+        description="Run the trioscribe server.",
+        epilog=COMMANDS_EPILOG,
+        usage="python -m server [check | token ... | user list] [options]",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     try:
-        settings = settings_from_argv(argv, os.environ)
+        settings = parse_settings(parser.parse_args(list(argv)), os.environ)
     except SettingsError as exc:
         print(f"python -m server: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    from server.supervisor import WORKER_ENV, run_workers
+    from server.logs import configure_logging
+    from server.supervisor import WORKER_ENV, WorkerTag, run_workers
 
+    handler = configure_logging(settings.log_level, settings.log_format, secrets=_secrets(settings))
     worker = os.environ.get(WORKER_ENV)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format=f"%(asctime)s %(levelname)s {'w' + worker + ' ' if worker else ''}%(name)s: %(message)s",
-    )
+    if worker is not None:
+        handler.addFilter(WorkerTag(worker))
     if settings.workers > 1 and worker is None:
         return run_workers(settings, argv)
     from server.serve import serve
-
-    handle_box: list[object] = []
 
     async def main() -> bool:
         from server.serve import ServerHandle
@@ -56,7 +82,6 @@ def _run_server(argv: Sequence[str]) -> int:
             handle: ServerHandle = await nursery.start(
                 partial(serve, settings, handle_signals=True)
             )
-            handle_box.append(handle)
         return handle.drain.forced
 
     from server.guard import disarm_watchdog
@@ -66,6 +91,35 @@ def _run_server(argv: Sequence[str]) -> int:
     finally:
         disarm_watchdog()
     return EXIT_FORCED if forced else EXIT_OK
+
+
+class _CheckParser(argparse.ArgumentParser):
+    """Usage errors of ``check`` are one line and exit 1 like every other failed check."""
+
+    def error(self, message: str) -> NoReturn:
+        raise SettingsError(message)
+
+
+def _run_check(argv: Sequence[str]) -> int:
+    parser = settings_parser(
+        "python -m server check",
+        parser_class=_CheckParser,
+        description="Validate the settings and open the store; print one line; exit 0 or 1.",
+    )
+    parser.add_argument(
+        "--migrate", action="store_true", help="apply pending schema migrations (else: fail)"
+    )
+    try:
+        args = parser.parse_args(list(argv))
+        settings = parse_settings(args, os.environ)
+    except SettingsError as exc:
+        print(f"check failed: {exc}")
+        return EXIT_CHECK_FAILED
+    from server.check import run_check
+
+    ok, line = trio.run(run_check, settings, args.migrate)
+    print(("ok: " if ok else "check failed: ") + line)
+    return EXIT_OK if ok else EXIT_CHECK_FAILED
 
 
 def _split_data_dir(argv: Sequence[str]) -> tuple[str | None, list[str]]:
@@ -107,6 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rest = args
     if rest and rest[0] in {"token", "user"}:
         return _run_tokens(args)
+    if args and args[0] == "check":
+        return _run_check(args[1:])
     return _run_server(args)
 
 

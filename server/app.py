@@ -18,7 +18,7 @@ from lanes import LaneClosedError, LaneFullError
 from server.context import AppContext
 from server.errors import ApiError, error_body
 from server.listen.wire import AsgiApp, Receive, Scope, Send
-from server.routes import admin, api, console, docs, health, omi, webhooks
+from server.routes import admin, api, console, docs, health, metrics, omi, webhooks
 from server.routes.deps import ctx_of, json_response
 
 __all__ = ["create_app", "create_quart_app"]
@@ -26,7 +26,7 @@ __all__ = ["create_app", "create_quart_app"]
 LOGGER = logging.getLogger(__name__)
 
 #: Paths that keep answering while the server drains (probes must see the truth).
-DRAIN_EXEMPT = frozenset({"/health", "/ready"})
+DRAIN_EXEMPT = frozenset({"/health", "/ready", "/metrics"})
 
 
 def _drain_gate() -> Response | None:
@@ -80,6 +80,7 @@ def create_quart_app(ctx: AppContext) -> QuartTrio:
     app.register_blueprint(omi.blueprint)
     app.register_blueprint(admin.blueprint)
     app.register_blueprint(webhooks.blueprint)
+    app.register_blueprint(metrics.blueprint)
     app.register_blueprint(docs.blueprint)
     app.register_blueprint(console.blueprint)
     return app

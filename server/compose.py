@@ -39,6 +39,7 @@ from server.listen.handler import ListenDeps, make_listen_handler
 from server.listen.registry import SessionRegistry
 from server.listen.sweeper import Sweeper
 from server.listen.wire import AsgiApp
+from server.metrics import ServerMetrics
 from server.processing.day_summary import DaySummaryScheduler
 from server.processing.summarise import Summariser
 from server.processing.summarise_embedded import EmbeddedSummariser
@@ -187,13 +188,14 @@ async def open_components(
         )
         thread_lane = ThreadLane("summarise", 1, max_waiting=4 * settings.processing_workers)
         stack.push_async_callback(_close_lane, thread_lane)
+        stats["summarise"] = thread_lane.statistics
         transport = _webhook_transport(settings, overrides.get("webhook_transport"), stats)
         lane = await stack.enter_async_context(
             open_http_lane("webhooks", webhook_lane_settings(settings), transport=transport)
         )
         embedded = EmbeddedSummariser(thread_lane)
         openai_transport = overrides.get("openai_transport")
-        summariser = await _open_summariser(stack, settings, embedded, openai_transport)
+        summariser = await _open_summariser(stack, settings, embedded, openai_transport, stats)
         nursery = await stack.enter_async_context(trio.open_nursery())
         stack.callback(nursery.cancel_scope.cancel)
         parts = _Parts(settings, Drain(), store, node, provider, lane, summariser, embedded, stats)
@@ -321,6 +323,7 @@ def _assemble(
     )
     sweeper = Sweeper(store, registry, wakeup, drain, interval_s=settings.sweeper_interval_s)
     webhooks = WebhookService(repo, realtime, delivery)
+    metrics = ServerMetrics(parts.stats, store)
     context = AppContext(
         settings=settings,
         drain=drain,
@@ -331,6 +334,7 @@ def _assemble(
         sessions=registry,
         webhooks=webhooks,
         processing_wakeup=wakeup,
+        metrics=metrics,
         stats=parts.stats,
     )
     parts.stats.update(
@@ -344,7 +348,7 @@ def _assemble(
         webhook_lane=parts.lane.statistics,
         sweeper=sweeper.statistics,
     )
-    listen = ListenDeps(registry, parts.provider, realtime, wakeup.set)
+    listen = ListenDeps(registry, parts.provider, realtime, wakeup.set, metrics.latency_sinks())
     return Components(
         context=context,
         listen_handler=make_listen_handler(context, listen),
@@ -394,6 +398,7 @@ async def _open_summariser(
     settings: Settings,
     embedded: EmbeddedSummariser,
     transport: httpx.AsyncBaseTransport | None,
+    stats: Stats,
 ) -> Summariser:
     await trio.lowlevel.checkpoint()
     if settings.summariser != "openai":
@@ -405,6 +410,7 @@ async def _open_summariser(
             transport=transport,
         )
     )
+    stats["openai_lane"] = lane.statistics
     return OpenAISummariser(
         lane,
         base_url=settings.openai_base_url,

@@ -13,6 +13,7 @@ from server.auth import RateLimiter, TicketBook
 from server.cluster import Node
 from server.drain import Drain
 from server.listen.registry import SessionRegistry
+from server.metrics import ServerMetrics
 from server.settings import Settings
 from server.store import Store
 from server.wakeup import Wakeup
@@ -35,6 +36,7 @@ class AppContext:
         sessions: the live ``/v4/listen`` sessions (admission, draining, pushes to users).
         webhooks: endpoints' storage and the nudges the webhook/app API needs.
         processing_wakeup: set when a conversation reaches ``processing`` (wakes the workers).
+        metrics: the Prometheus registry of this run (``GET /metrics``), reading ``stats``.
         stats: named ``statistics()`` callables exposed on ``GET /v1/stats`` (filled while the
             run's components open; the serve tree adds its loop-lag monitor).
     """
@@ -48,4 +50,5 @@ class AppContext:
     sessions: SessionRegistry
     webhooks: WebhookApi
     processing_wakeup: Wakeup
+    metrics: ServerMetrics
     stats: dict[str, Callable[[], object]] = field(default_factory=dict)

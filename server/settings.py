@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.metadata
 import pathlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Final
 
 __all__ = [
@@ -21,26 +23,39 @@ __all__ = [
     "Settings",
     "SettingsError",
     "add_arguments",
+    "display_default",
     "parse_settings",
     "settings_from_argv",
+    "settings_parser",
+    "version",
 ]
 
 ENV_PREFIX: Final = "TRIOSCRIBE_"
 STT_PROVIDERS: Final = ("embedded", "deepgram", "fake")
-VAD_MODES: Final = ("off", "active")
+VAD_MODES: Final = ("active", "off")
 SUMMARISERS: Final = ("embedded", "openai")
+LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS: Final = ("text", "json")
 
 
 class SettingsError(ValueError):
     """A setting is invalid; the message names it and says why, on one line."""
 
 
-def _opt(help_text: str, *, secret: bool = False) -> Any:
-    return field(metadata={"help": help_text, "secret": secret})
+def _setting(
+    default: Any,
+    help_text: str,
+    *,
+    secret: bool = False,
+    choices: Sequence[str] | None = None,
+) -> Any:
+    """A settings field: its flag, env variable, ``--help`` line and validation derive from this.
 
-
-def _setting(default: Any, help_text: str, *, secret: bool = False) -> Any:
-    return field(default=default, metadata={"help": help_text, "secret": secret})
+    ``choices`` are checked (case-insensitively, stored as spelled here) and listed in ``--help``;
+    ``secret`` values are masked in :meth:`Settings.redacted` and their defaults never shown.
+    """
+    metadata = {"help": help_text, "secret": secret, "choices": tuple(choices or ())}
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +71,10 @@ class Settings:
         1.0, "after SIGTERM, keep answering 503 / ready=false this long so balancers notice"
     )
     admin_token: str | None = _setting(None, "bearer token for /v1/admin endpoints", secret=True)
-    log_level: str = _setting("INFO", "logging level")
+    log_level: str = _setting("INFO", "logging level", choices=LOG_LEVELS)
+    log_format: str = _setting(
+        "text", "log lines: text, or json (one object per line)", choices=LOG_FORMATS
+    )
     # -- HTTP API
     http_max_body_bytes: int = _setting(1 << 20, "largest accepted HTTP request body")
     api_rate_per_s: float = _setting(20.0, "sustained API requests per second per user")
@@ -91,8 +109,8 @@ class Settings:
         15.0, "with --database-url: how often realtime webhook registrations are reloaded"
     )
     # -- listen sessions
-    stt: str = _setting("embedded", "speech-to-text provider: embedded, deepgram or fake")
-    vad: str = _setting("active", "voice activity gate before STT: active or off")
+    stt: str = _setting("embedded", "speech-to-text provider", choices=STT_PROVIDERS)
+    vad: str = _setting("active", "voice activity gate before STT", choices=VAD_MODES)
     max_sessions: int = _setting(200, "server-wide cap on live /v4/listen sessions")
     max_sessions_per_user: int = _setting(4, "live /v4/listen sessions per user")
     ws_max_message_bytes: int = _setting(64 * 1024, "largest WebSocket message accepted (1009)")
@@ -110,7 +128,7 @@ class Settings:
     deepgram_api_key: str | None = _setting(None, "Deepgram API key", secret=True)
     # -- processing and webhooks
     processing_workers: int = _setting(2, "concurrent conversation-processing workers")
-    summariser: str = _setting("embedded", "conversation summariser: embedded or openai")
+    summariser: str = _setting("embedded", "conversation summariser", choices=SUMMARISERS)
     openai_base_url: str = _setting("https://api.openai.com/v1", "OpenAI-compatible API base URL")
     openai_api_key: str | None = _setting(None, "OpenAI-compatible API key", secret=True)
     openai_model: str = _setting("gpt-4o-mini", "chat model for summaries")
@@ -147,9 +165,6 @@ def _validate(s: Settings) -> None:
             0 <= s.drain_readiness_s <= s.graceful_shutdown_s,
             "must be between 0 and graceful_shutdown_s",
         ),
-        ("stt", s.stt in STT_PROVIDERS, f"must be one of {', '.join(STT_PROVIDERS)}"),
-        ("vad", s.vad in VAD_MODES, f"must be one of {', '.join(VAD_MODES)}"),
-        ("summariser", s.summariser in SUMMARISERS, f"must be one of {', '.join(SUMMARISERS)}"),
         ("http_max_body_bytes", s.http_max_body_bytes >= 1024, "must be >= 1024"),
         (
             "ws_max_message_bytes",
@@ -209,6 +224,10 @@ def _validate(s: Settings) -> None:
             "is required when summariser is openai",
         ),
     ]
+    for f in dataclasses.fields(s):
+        choices = f.metadata.get("choices")
+        if choices:
+            checks.append((f.name, getattr(s, f.name) in choices, f"must be one of {_or(choices)}"))
     for name, ok, why in checks:
         if not ok:
             secret = _FIELDS[name].metadata.get("secret")
@@ -216,48 +235,129 @@ def _validate(s: Settings) -> None:
             raise SettingsError(f"invalid setting {name}: {why} (got {shown})")
 
 
+def _or(choices: Sequence[str]) -> str:
+    return ", ".join(choices[:-1]) + " or " + choices[-1] if len(choices) > 1 else choices[0]
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _env(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def _base_type(f: dataclasses.Field[Any]) -> tuple[str, bool]:
+    """The field's type as written (``from __future__ import annotations``) and whether it is
+    optional: ``"int | None"`` -> ``("int", True)``."""
+    parts = [p.strip() for p in str(f.type).split("|")]
+    optional = "None" in parts
+    rest = [p for p in parts if p != "None"]
+    kind = rest[0] if len(rest) == 1 else str(f.type)
+    return kind.removeprefix("pathlib."), optional
+
+
 def _convert(f: dataclasses.Field[Any], raw: str) -> object:
-    kind = str(f.type)
+    """Parse one flag or environment value for field ``f`` (one-line :class:`SettingsError`)."""
+    kind, optional = _base_type(f)
+    if optional and not raw.strip():
+        return None
     try:
         if kind == "bool":
             lowered = raw.strip().lower()
-            if lowered not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
+            if lowered not in _TRUE | _FALSE:
                 raise ValueError(raw)
-            return lowered in {"1", "true", "yes", "on"}
+            return lowered in _TRUE
         if kind == "int":
             return int(raw)
         if kind == "float":
             return float(raw)
-        if kind == "pathlib.Path":
+        if kind == "Path":
             return pathlib.Path(raw)
     except ValueError:
         raise SettingsError(f"invalid setting {f.name}: cannot parse {raw!r} as {kind}") from None
+    return _canonical_choice(f.metadata.get("choices", ()), raw)
+
+
+_TRUE: Final = frozenset({"1", "true", "yes", "on"})
+_FALSE: Final = frozenset({"0", "false", "no", "off"})
+
+
+def _canonical_choice(choices: Sequence[str], raw: str) -> str:
+    """``raw`` spelled as in ``choices`` when it matches one case-insensitively (``info`` ->
+    ``INFO``); otherwise unchanged (validation then names the allowed values)."""
+    for choice in choices:
+        if raw.strip().lower() == choice.lower():
+            return choice
     return raw
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one ``--flag`` per settings field to ``parser`` (values stay strings)."""
+def display_default(value: object) -> str:
+    """A default as a user would type it: ``data`` not ``PosixPath('data')``, ``25`` not
+    ``25.0``, ``off``/``on`` for booleans, ``unset`` for ``None``."""
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _help(f: dataclasses.Field[Any]) -> str:
+    text = f"{f.metadata['help']} [env {_env(f.name)}"
+    if not f.metadata.get("secret"):
+        text += f"; default: {display_default(f.default)}"
+    return (text + "]").replace("%", "%%")  # argparse %-formats help strings
+
+
+def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """Add one ``--flag`` per settings field to ``parser``.
+
+    Booleans are bare flags with a ``--no-`` form; fields with choices list them (matched
+    case-insensitively); other values stay strings until :func:`parse_settings` converts them,
+    so a bad value fails with the same one line as a bad environment variable. Every default is
+    ``None`` here: "not given on the command line", so the environment can fill it.
+    """
     for f in dataclasses.fields(Settings):
-        default = f.default
-        parser.add_argument(
-            _flag(f.name),
-            dest=f.name,
-            default=None,
-            metavar=f.name.upper(),
-            help=f"{f.metadata['help']} (env {ENV_PREFIX}{f.name.upper()}, default {default!r})"
-            if not f.metadata.get("secret")
-            else f"{f.metadata['help']} (env {ENV_PREFIX}{f.name.upper()})",
-        )
+        kind, _ = _base_type(f)
+        choices = f.metadata.get("choices") or None
+        if kind == "bool":
+            parser.add_argument(
+                _flag(f.name),
+                dest=f.name,
+                default=None,
+                action=argparse.BooleanOptionalAction,
+                help=_help(f),
+            )
+        elif choices:
+            parser.add_argument(
+                _flag(f.name),
+                dest=f.name,
+                default=None,
+                choices=choices,
+                type=partial(_canonical_choice, choices),
+                help=_help(f),
+            )
+        else:
+            parser.add_argument(
+                _flag(f.name), dest=f.name, default=None, metavar=_metavar(f, kind), help=_help(f)
+            )
+
+
+def _metavar(f: dataclasses.Field[Any], kind: str) -> str:
+    if f.metadata.get("secret"):
+        return "SECRET"
+    for suffix, unit in (("_s", "SECONDS"), ("_bytes", "BYTES"), ("_url", "URL")):
+        if f.name.endswith(suffix):
+            return unit
+    return {"int": "N", "float": "NUMBER", "Path": "DIR"}.get(kind, "TEXT")
 
 
 def parse_settings(
     args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None
 ) -> Settings:
-    """Build :class:`Settings` from parsed flags and an environment mapping.
+    """Build :class:`Settings` from parsed flags and an environment mapping (flags win).
 
     Raises:
         SettingsError: a value cannot be parsed or is out of range.
@@ -267,14 +367,34 @@ def parse_settings(
     for f in dataclasses.fields(Settings):
         raw = getattr(args, f.name, None) if args is not None else None
         if raw is None:
-            raw = environ.get(ENV_PREFIX + f.name.upper())
+            raw = environ.get(_env(f.name))
         if raw is not None:
             values[f.name] = _convert(f, raw) if isinstance(raw, str) else raw
     return Settings(**values)  # type: ignore[arg-type]
 
 
+def settings_parser(
+    prog: str = "python -m server",
+    *,
+    parser_class: type[argparse.ArgumentParser] | None = None,
+    **kwargs: Any,
+) -> argparse.ArgumentParser:
+    """An argument parser with every setting as a flag, ``--help`` and ``--version``."""
+    kwargs.setdefault("usage", f"{prog} [options]")
+    parser = (parser_class or argparse.ArgumentParser)(prog=prog, **kwargs)
+    parser.add_argument("--version", action="version", version=f"trioscribe {version()}")
+    add_arguments(parser)
+    return parser
+
+
+def version() -> str:
+    """The installed trioscribe version (``unknown`` when run from a bare source tree)."""
+    try:
+        return importlib.metadata.version("trioscribe")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def settings_from_argv(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
     """Parse ``argv`` (flags only) and ``environ`` into settings."""
-    parser = argparse.ArgumentParser(prog="python -m server", add_help=True)
-    add_arguments(parser)
-    return parse_settings(parser.parse_args(list(argv)), environ)
+    return parse_settings(settings_parser().parse_args(list(argv)), environ)

@@ -31,7 +31,7 @@ import trio
 
 from server.settings import Settings
 
-__all__ = ["WORKER_ENV", "reuse_port_socket", "run_workers"]
+__all__ = ["WORKER_ENV", "WorkerTag", "reuse_port_socket", "run_workers"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -43,6 +43,20 @@ MAX_RESTART_BACKOFF_S: Final = 30.0
 STABLE_AFTER_S: Final = 30.0
 #: After the drain deadline, how long a child may still take to exit before SIGKILL.
 KILL_MARGIN_S: Final = 2.0
+
+
+class WorkerTag(logging.Filter):
+    """Prefix the logger name of a worker's records with ``w<index>`` (whose line it is)."""
+
+    def __init__(self, index: str) -> None:
+        super().__init__()
+        self._prefix = f"w{index} "
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Tag the record (once) and keep it."""
+        if not record.name.startswith(self._prefix):
+            record.name = self._prefix + record.name
+        return True
 
 
 def reuse_port_socket(host: str, port: int) -> socket.socket:

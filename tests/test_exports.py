@@ -12,7 +12,7 @@ import lanes
 
 SERVER = pathlib.Path(__file__).resolve().parent.parent / "server"
 #: Top-level modules that import no other part of ``server`` except each other.
-LEAVES = frozenset({"auth", "clock", "drain", "errors", "settings", "wakeup"})
+LEAVES = frozenset({"auth", "clock", "drain", "errors", "logs", "settings", "wakeup"})
 #: For each unit (a ``server`` subpackage or top-level module): the other units it may import,
 #: besides the leaves. Lower layers first; nothing imports upwards.
 ALLOWED: Mapping[str, Set[str]] = {
@@ -26,12 +26,35 @@ ALLOWED: Mapping[str, Set[str]] = {
     "cluster": {"store"},
     "supervisor": set(),
     "listen": {"guard", "store", "stt", "views", "cluster"},
-    "context": {"store", "listen", "webhooks", "cluster"},
-    "routes": {"context", "guard", "store", "stt", "views", "listen", "webhooks", "processing"},
+    "metrics": {"store", "listen"},
+    "check": {"store"},
+    "context": {"store", "listen", "webhooks", "metrics", "cluster"},
+    "routes": {
+        "context",
+        "guard",
+        "store",
+        "stt",
+        "views",
+        "listen",
+        "webhooks",
+        "processing",
+        "metrics",
+    },
     "app": {"context", "listen", "routes"},
-    "compose": {"context", "store", "stt", "views", "listen", "webhooks", "processing", "cluster"},
+    "compose": {
+        "context",
+        "store",
+        "stt",
+        "views",
+        "listen",
+        "webhooks",
+        "processing",
+        "metrics",
+        "cluster",
+    },
     "serve": {"app", "compose", "context", "guard", "stt", "supervisor"},
-    "__main__": {"guard", "serve", "tokens_cli", "supervisor"},
+    "__main__": {"guard", "serve", "tokens_cli", "check", "supervisor"},
+    "testing": {"serve"},
 }
 
 

@@ -33,9 +33,10 @@ from server.listen.params import (
     parse_listen_params,
 )
 from server.listen.registry import AdmissionError, SessionRegistry
-from server.listen.session import ListenSession, SessionConfig
+from server.listen.session import LatencySinks, ListenSession, SessionConfig
 from server.listen.vad import VadGate
 from server.listen.wire import AsgiApp, AsgiWebSocket, ClientGone, Receive, Scope, Send
+from server.logs import log_context
 from server.settings import Settings
 from server.store import Store, StoreError
 from server.stt.base import SttCapacityError, SttError, SttProvider
@@ -69,6 +70,7 @@ class ListenDeps:
     provider: SttProvider
     hooks: RealtimeHooks
     wake_processing: Callable[[], None]
+    latency: LatencySinks | None = None
 
 
 class _Refused(Exception):
@@ -169,6 +171,7 @@ def _session(
         hooks=deps.hooks,
         drain_deadline=lambda: ctx.drain.deadline,
         provider_name=deps.provider.name,
+        latency=deps.latency,
     )
     return session
 
@@ -193,7 +196,12 @@ async def _serve(ctx: ListenContext, deps: ListenDeps, ws: AsgiWebSocket) -> Non
     try:
         await _admit_in_cluster(ctx, session)
         try:
-            await _run_admitted(ctx, deps, ws, session, params)
+            with log_context(
+                session_id=session.session_id,
+                user_id=user_id,
+                conversation_id=lambda: session.conversation_id,
+            ):
+                await _run_admitted(ctx, deps, ws, session, params)
         finally:  # this node first (the sweeper's view), then the cluster: shielded, bounded
             deps.registry.release(session)
             with trio.CancelScope(shield=True), trio.move_on_after(CLEANUP_BUDGET_S):

@@ -14,6 +14,8 @@ from typing import Protocol, final
 
 import trio
 
+from server.listen.session import SESSION_COUNTERS
+
 __all__ = ["AdmissionError", "LiveSession", "SessionRegistry", "SessionRegistryStatistics"]
 
 
@@ -81,7 +83,7 @@ class SessionRegistry:
         self._empty.set()
         self._admitted = 0
         self._refused = {"server": 0, "user": 0, "draining": 0}
-        self._ended_totals: Counter[str] = Counter()
+        self._ended_totals: Counter[str] = Counter(dict.fromkeys(SESSION_COUNTERS, 0))
 
     def admit(self, session: LiveSession) -> None:
         """Register ``session`` or raise :class:`AdmissionError` (close 1013 / 1001)."""

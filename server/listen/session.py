@@ -33,6 +33,7 @@ import json
 import logging
 import math
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Final
@@ -48,7 +49,14 @@ from server.listen.vad import GateOutput, VadGate
 from server.listen.wire import AsgiWebSocket, ClientGone
 from server.stt.base import SttResult, SttStatus, SttStream, Word
 
-__all__ = ["CloseCause", "FrameBudget", "ListenSession", "SessionConfig"]
+__all__ = [
+    "SESSION_COUNTERS",
+    "CloseCause",
+    "FrameBudget",
+    "LatencySinks",
+    "ListenSession",
+    "SessionConfig",
+]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -62,6 +70,23 @@ FINAL_PERSIST_S: Final = 2.0
 #: Bound on delivering the last messages before the close frame.
 FINAL_SEND_S: Final = 1.0
 KEEPALIVE_MAX_BYTES: Final = 2
+#: The names of :meth:`ListenSession.counters` (reported as zeros before any session ran).
+SESSION_COUNTERS: Final = (
+    "frames",
+    "bytes_in",
+    "keepalives",
+    "bad_frames",
+    "segments_sent",
+    "dropped_events",
+    "ignored_text",
+    "suggested_segments",
+    "vad_forwarded_bytes",
+    "vad_skipped_bytes",
+    "persisted_segments",
+    "persist_failures",
+)
+#: Frame arrival times kept to measure latencies (about a minute of 100 ms frames).
+ARRIVALS_KEPT: Final = 600
 MAX_TEXT_CHARS: Final = 64 * 1024
 #: Segments of one ``suggested_transcript`` message beyond this are ignored.
 MAX_SUGGESTED_SEGMENTS: Final = 100
@@ -81,6 +106,20 @@ DRAINING: Final = CloseCause(1001, "server shutting down")
 IDLE: Final = CloseCause(1001, "no data received within the idle timeout")
 STALLED: Final = CloseCause(1001, "the client did not read within the idle timeout")
 OVER_BUDGET: Final = CloseCause(1008, "frame rate over budget")
+
+
+@dataclass(frozen=True, slots=True)
+class LatencySinks:
+    """Where a session reports its latencies (once per STT final, never per frame).
+
+    Attributes:
+        stt_final: seconds from the arrival of the last audio frame a final covers to the
+            final's arrival from STT.
+        frame_to_segment: seconds from that frame's arrival to the segment queued for the client.
+    """
+
+    stt_final: Callable[[float], None]
+    frame_to_segment: Callable[[float], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +170,7 @@ class ListenSession:
         hooks: RealtimeHooks,
         drain_deadline: Callable[[], float],
         provider_name: str,
+        latency: LatencySinks | None = None,
     ) -> None:
         self.session_id = uuid.uuid4().hex
         self.user_id = user_id
@@ -153,9 +193,15 @@ class ListenSession:
         self._sending_since: float | None = None
         self._budget = FrameBudget(config.max_frames_per_s, config.frame_burst)
         self._audio_origin_wall: float | None = None
+        self._latency = latency
+        self._bytes_per_s = params.sample_rate * 2
+        self._audio_s = 0.0
+        #: (session audio seconds at the end of a frame, its arrival on the Trio clock)
+        self._arrivals: deque[tuple[float, float]] = deque(maxlen=ARRIVALS_KEPT)
         self._end_requested = trio.Event()
         self._conversation_ended = trio.Event()
         self.frames = 0
+        self.bytes_in = 0
         self.keepalives = 0
         self.bad_frames = 0
         self.dropped_events = 0
@@ -171,6 +217,7 @@ class ListenSession:
         gate = self._gate.statistics()
         return {
             "frames": self.frames,
+            "bytes_in": self.bytes_in,
             "keepalives": self.keepalives,
             "bad_frames": self.bad_frames,
             "segments_sent": self.segments_sent,
@@ -288,6 +335,7 @@ class ListenSession:
                 await self._feed(out, stream)
 
     def _on_audio(self, frame: bytes) -> GateOutput | None:
+        self.bytes_in += len(frame)
         if len(frame) <= KEEPALIVE_MAX_BYTES:
             self.keepalives += 1
             return None
@@ -299,6 +347,8 @@ class ListenSession:
         self.frames += 1
         if not pcm:  # a codec that needs more input (a partial AAC frame)
             return None
+        self._audio_s += len(pcm) / self._bytes_per_s
+        self._arrivals.append((self._audio_s, self._last_client_data))
         if self._audio_origin_wall is None:
             self._audio_origin_wall = wall_now()
         self._hooks.on_audio(self.user_id, self.session_id, pcm, self._params.sample_rate)
@@ -361,6 +411,9 @@ class ListenSession:
                 mapped = result  # client times: no VAD gate in between
             else:
                 mapped = _map_times(result, self._gate.to_session_s)
+            arrived = None if self._params.custom_stt else self._arrival_of(mapped.end_s)
+            if arrived is not None and self._latency is not None:
+                self._latency.stt_final(trio.current_time() - arrived)
             update = await self.tracker.add_final(mapped, origin)
             if update.removed:  # a merge moved text out of these: clients drop them (Omi)
                 await self.emit({"type": "segments_deleted", "segment_ids": update.removed})
@@ -368,10 +421,20 @@ class ListenSession:
                 payload = [segment.to_json() for segment in update.updated]
                 self.segments_sent += len(payload)
                 await self._send_text(json.dumps(payload, separators=(",", ":")))
+                if arrived is not None and self._latency is not None:
+                    self._latency.frame_to_segment(trio.current_time() - arrived)
             if update.piece is not None:
                 conversation_id = self.tracker.conversation_id
                 piece = [update.piece.to_json()]
                 self._hooks.on_segments(self.user_id, self.session_id, conversation_id, piece)
+
+    def _arrival_of(self, end_s: float) -> float | None:
+        """When the frame holding session second ``end_s`` arrived. Finals come in order, so
+        older frames are dropped as they are passed (amortised O(1) per final)."""
+        arrivals = self._arrivals
+        while len(arrivals) > 1 and arrivals[0][0] < end_s - 1e-6:
+            arrivals.popleft()
+        return arrivals[0][1] if arrivals else None
 
     async def _status(self, status: str, text: str) -> None:
         await self.emit({"type": "service_status", "status": status, "status_text": text})

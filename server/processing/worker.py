@@ -33,6 +33,7 @@ import trio
 from lanes import LaneError
 from server.clock import wall_now
 from server.drain import Drain
+from server.logs import log_context
 from server.processing.summarise import Summariser, Summary, SummaryError
 from server.store import Conversation, Store
 from server.views import conversation_json
@@ -182,10 +183,12 @@ class ProcessingWorkers:
                     self._config.poll_interval_s, self._wakeup.wait, self._drain.requested.wait
                 )
                 continue
-            try:
-                await self.process(claimed[0])
-            except Exception:  # writing the result failed: the lease expires, it is retried
-                LOGGER.exception("processing conversation %s failed", claimed[0].id)
+            conversation = claimed[0]
+            with log_context(conversation_id=conversation.id, user_id=conversation.user_id):
+                try:
+                    await self.process(conversation)
+                except Exception:  # writing the result failed: the lease expires, it is retried
+                    LOGGER.exception("processing conversation %s failed", conversation.id)
 
     async def process(self, conversation: Conversation) -> ProcessOutcome:
         """Summarise one leased conversation and write the outcome."""

@@ -342,6 +342,12 @@ def reschedule_processing(
     return cursor.rowcount == 1
 
 
+def count_by_status(conn: DbConnection) -> dict[str, int]:
+    """How many conversations are in each status (one scan; for metrics, not hot paths)."""
+    rows = conn.execute("SELECT status, COUNT(*) AS n FROM conversations GROUP BY status")
+    return {str(row["status"]): int(row["n"]) for row in rows}
+
+
 # -- the user API ------------------------------------------------------------------------------
 
 

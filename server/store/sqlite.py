@@ -247,6 +247,10 @@ class SqliteStore:
         """Retry a ``processing`` conversation at ``next_attempt_at``; ``False`` if not processing."""
         return await self._run(conv.reschedule_processing, conversation_id, next_attempt_at, reason)
 
+    async def count_conversations_by_status(self) -> dict[str, int]:
+        """How many conversations are in each status (metrics; a full scan, call it rarely)."""
+        return await self._run(conv.count_by_status)
+
     # -- the user API ----------------------------------------------------------------------
 
     async def list_conversations(

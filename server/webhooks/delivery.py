@@ -37,6 +37,7 @@ import trio
 import lanes
 from server.clock import wall_now
 from server.drain import Drain
+from server.logs import log_context
 from server.wakeup import Wakeup, wait_any
 from server.webhooks.models import Attempt, DeliveryStatus, DueDelivery
 from server.webhooks.payloads import append_query, attempt_headers, chat_message, reply_message
@@ -228,8 +229,10 @@ class DeliveryWorkers:
 
     async def _attempt_then_release(self, due: DueDelivery) -> None:
         await trio.lowlevel.checkpoint()
+        context = log_context(user_id=due.delivery.user_id, webhook_id=due.endpoint.id)
         try:
-            await self.attempt(due)
+            with context:
+                await self.attempt(due)
         except Exception:  # a store failure: the lease expires and the message is sent again
             LOGGER.exception("webhook delivery %s: recording the attempt failed", due.delivery.id)
         finally:

@@ -7,24 +7,16 @@ from __future__ import annotations
 
 import pathlib
 import sqlite3
-from dataclasses import dataclass
 
 import httpx
 import pytest
 import trio
 
 from server.listen.session import PERSIST_INTERVAL_S
-from tests.server.listen_client import Received, frames, open_listen, pcm, read_until
+from server.testing import Received, frames, open_listen, pcm
 from tests.server.test_shutdown_process import _setup_user, _start
 
 pytestmark = [pytest.mark.adversarial, pytest.mark.slow]
-
-
-@dataclass
-class _Port:
-    """What ``open_listen`` needs of a server handle."""
-
-    port: int
 
 
 def _stored_texts(data_dir: pathlib.Path) -> set[str]:
@@ -39,11 +31,11 @@ SESSIONS = 3
 async def _live_session(
     port: int, token: str, seed: int, got: list[Received], all_live: trio.Event
 ) -> None:
-    async with open_listen(_Port(port), token=token) as ws:  # type: ignore[arg-type]
-        received = Received()
+    async with open_listen(f"http://127.0.0.1:{port}", token=token) as ws:
+        received = ws.received
         for frame in frames(pcm(3.0, seed=seed)):
-            await ws.send_message(frame)
-        await read_until(ws, received, lambda r: r.has("seg2 "))
+            await ws.send_frame(frame)
+        await ws.read_until(lambda r: r.has("seg2 "))
         got.append(received)
         if len(got) == SESSIONS:
             all_live.set()

@@ -55,7 +55,7 @@ async def _signal_and_time(
 async def _run(
     tmp_path: pathlib.Path, signals: list[tuple[float, int]], **env: str
 ) -> tuple[float, int | None, str]:
-    """Start the server, stall two never-reading sessions on it, send ``signals`` (at their
+    """Start the server, stall a never-reading session on it, send ``signals`` (at their
     offsets); return (seconds from the first signal to exit, exit code, server log)."""
     process, port, lines = await _start(
         tmp_path,
@@ -68,7 +68,7 @@ async def _run(
     try:
         token = await _setup_user(f"http://127.0.0.1:{port}")
         with trio.fail_after(30):
-            streams = await _stalled_clients(port, token, 2)
+            streams = await _stalled_clients(port, token, 1)
         elapsed = await _signal_and_time(process, lines, signals)
     finally:
         if process.returncode is None:
@@ -84,11 +84,11 @@ async def test_sigterm_with_never_reading_clients_exits_zero_in_time(
     tmp_path: pathlib.Path,
 ) -> None:
     elapsed, code, log = await _run(
-        tmp_path, [(0.0, signal.SIGTERM)], TRIOSCRIBE_GRACEFUL_SHUTDOWN_S="3"
+        tmp_path, [(0.0, signal.SIGTERM)], TRIOSCRIBE_GRACEFUL_SHUTDOWN_S="2"
     )
     print(f"SIGTERM with never-reading clients: exit {code} after {elapsed:.2f} s")
     assert code == 0, log
-    assert elapsed <= 3.0 + 1.0, (elapsed, log)
+    assert elapsed <= 2.0 + 1.0, (elapsed, log)
 
 
 async def test_a_second_signal_ends_it_within_a_second_whatever_clients_do(

@@ -20,8 +20,8 @@ from referencing import Registry, Resource
 
 from server.serve import ServerHandle
 from server.store import SegmentRow
+from server.testing import Received, frames, open_listen, pcm
 from tests.conftest import auth, create_user_token
-from tests.server.listen_client import Received, frames, open_listen, pcm, read_until
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 #: The query Omi's app opens /v4/listen with (transcription_service.dart).
@@ -68,11 +68,11 @@ def _ready(received: Received) -> bool:
 
 async def _stream(server: ServerHandle, token: str, seconds: float) -> Received:
     """Stream ``seconds`` of audio with the app's parameters; return what came back."""
-    async with open_listen(server, APP_QUERY, token) as ws:
-        received = await read_until(ws, Received(), _ready)
+    async with open_listen(server.url, query=APP_QUERY, token=token) as ws:
+        received = await ws.read_until(_ready)
         for frame in frames(pcm(seconds)):
-            await ws.send_message(frame)
-        await read_until(ws, received, lambda r: r.has(f"seg{int(seconds) - 1} "))
+            await ws.send_frame(frame)
+        await ws.read_until(lambda r: r.has(f"seg{int(seconds) - 1} "))
     return received
 
 

@@ -13,8 +13,6 @@ no hypothesis and pocketsphinx's ``seg()`` returned ``None``.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import pathlib
 import re
@@ -24,8 +22,8 @@ from typing import Any
 
 import pytest
 import trio
-from trio_websocket import ConnectionClosed, open_websocket_url
 
+from server.testing import Received, open_listen
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.slow
@@ -76,43 +74,30 @@ def _speech_with_pauses() -> bytes:
 
 async def _stream_and_read(port: int, token: str) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """Stream the speech; return every event and the final text of each segment id."""
-    events: list[dict[str, Any]] = []
-    segments: dict[str, str] = {}
     heard_all = trio.Event()
-    url = f"ws://127.0.0.1:{port}/v4/listen?codec=pcm16&sample_rate=16000&language=en"
-    headers = [("Authorization", f"Bearer {token}")]
-    async with open_websocket_url(url, extra_headers=headers) as ws:
+    async with open_listen(f"http://127.0.0.1:{port}", token=token, language="en") as session:
 
         async def read() -> None:
-            await trio.lowlevel.checkpoint()
-            with contextlib.suppress(ConnectionClosed):
-                while True:
-                    await on_message(await ws.get_message())
-
-        async def on_message(message: str | bytes) -> None:
-            await trio.lowlevel.checkpoint()
-            if message == "ping":
-                return
-            value = json.loads(message)
-            if isinstance(value, list):
-                segments.update({s["id"]: s["text"] for s in value})
-                if _heard_every_sentence(segments):
+            async for value in session.messages():
+                if isinstance(value, list) and _heard_every_sentence(_texts(session.received)):
                     heard_all.set()
-            else:
-                events.append(value)
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(read)
             audio = _speech_with_pauses()
             for begin in range(0, len(audio), FRAME):
-                await ws.send_message(audio[begin : begin + FRAME])
+                await session.send_frame(audio[begin : begin + FRAME])
                 await trio.sleep(FRAME_INTERVAL_S)
             # The last final comes after the trailing pause is decoded: a slow (loaded) worker
             # may need a moment more; a user's app keeps the socket open the same way.
             with trio.move_on_after(LAST_FINAL_WAIT_S):
                 await heard_all.wait()
-            await ws.aclose(1000)
-    return events, segments
+            await session.close()
+    return session.received.events, _texts(session.received)
+
+
+def _texts(received: Received) -> dict[str, str]:
+    return {segment_id: segment["text"] for segment_id, segment in received.segments.items()}
 
 
 def _heard_every_sentence(segments: dict[str, str]) -> bool:

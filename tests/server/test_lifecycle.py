@@ -16,9 +16,9 @@ import trio.testing
 
 from server.serve import ServerHandle
 from server.settings import Settings
+from server.testing import Received, frames, open_listen, pcm
 from tests.conftest import auth, create_user_token, start_server
 from tests.helpers import wait_until, wait_until_true
-from tests.server.listen_client import Received, frames, open_listen, pcm, read_until
 
 JUMPS_S = 125.0
 QUIET = {"idle_timeout_s": 100_000.0, "heartbeat_interval_s": 100_000.0}
@@ -56,16 +56,16 @@ async def test_timeout_closes_the_conversation_and_the_next_speech_opens_a_new_o
 ) -> None:
     server, token = await _setup(nursery, make_settings)
     with trio.fail_after(JUMPS_S + 30):
-        async with open_listen(server, token=token) as ws:
-            received = await read_until(ws, Received(), _ready)
+        async with open_listen(server.url, token=token) as ws:
+            received = await ws.read_until(_ready)
             for frame in frames(pcm(2.0)):
-                await ws.send_message(frame)
-            await read_until(ws, received, lambda r: r.has("seg1 "))
+                await ws.send_frame(frame)
+            await ws.read_until(lambda r: r.has("seg1 "))
             clock.jump(125)
-            await read_until(ws, received, lambda r: "memory_processing_started" in r.event_types())
+            await ws.read_until(lambda r: "memory_processing_started" in r.event_types())
             for frame in frames(pcm(1.0, seed=2)):
-                await ws.send_message(frame)
-            await read_until(ws, received, lambda r: len(r.segments) == 2)
+                await ws.send_frame(frame)
+            await ws.read_until(lambda r: len(r.segments) == 2)
         conversations = await _conversations(server, token)
     started = next(e for e in received.events if e["type"] == "memory_processing_started")
     assert started["memory"]["status"] == "processing"
@@ -83,11 +83,11 @@ async def test_reconnect_within_the_timeout_resumes_the_conversation(
     registry = server.context.sessions
     with trio.fail_after(JUMPS_S + 30):
         for seed in (1, 2):
-            async with open_listen(server, token=token) as ws:
-                received = await read_until(ws, Received(), _ready)
+            async with open_listen(server.url, token=token) as ws:
+                await ws.read_until(_ready)
                 for frame in frames(pcm(1.0, seed=seed)):
-                    await ws.send_message(frame)
-                await read_until(ws, received, lambda r: len(r.segments) == 1)
+                    await ws.send_frame(frame)
+                await ws.read_until(lambda r: len(r.segments) == 1)
             # The server finishes the old session (flush, persist) before the device is back.
             await wait_until(lambda: registry.statistics().live == 0)
             clock.jump(60)
@@ -108,16 +108,16 @@ async def test_sweeper_closes_abandoned_conversations(
     server, token = await _setup(nursery, make_settings, sweeper_interval_s=30.0)
     store = server.context.store
     with trio.fail_after(JUMPS_S + 30):
-        async with open_listen(server, token=token) as ws:
-            received = await read_until(ws, Received(), _ready)
+        async with open_listen(server.url, token=token) as ws:
+            await ws.read_until(_ready)
             for frame in frames(pcm(1.0)):
-                await ws.send_message(frame)
-            await read_until(ws, received, lambda r: len(r.segments) == 1)
+                await ws.send_frame(frame)
+            await ws.read_until(lambda r: len(r.segments) == 1)
         user = await store.get_user_by_name("alice")
         assert user is not None
         assert (await store.get_in_progress(user.id)) is not None
-        # The server finishes the session (flush, persist, release) before time jumps: the
-        # sweeper leaves conversations of live sessions alone.
+        # Abandoned means no live session: let the server finish the closed one (flush, persist)
+        # first, or the jump expires its last write and the sweep skips a still-live session.
         await wait_until(lambda: server.context.sessions.statistics().live == 0)
         clock.jump(125)  # past the timeout: the next sweep closes it
         sweeper = server.components.sweeper
@@ -131,11 +131,11 @@ async def test_sweeper_leaves_conversations_of_live_sessions_alone(
 ) -> None:
     server, token = await _setup(nursery, make_settings, sweeper_interval_s=30.0)
     with trio.fail_after(JUMPS_S + 30):
-        async with open_listen(server, token=token) as ws:
-            received = await read_until(ws, Received(), _ready)
+        async with open_listen(server.url, token=token) as ws:
+            await ws.read_until(_ready)
             for frame in frames(pcm(1.0)):
-                await ws.send_message(frame)
-            await read_until(ws, received, lambda r: len(r.segments) == 1)
+                await ws.send_frame(frame)
+            await ws.read_until(lambda r: len(r.segments) == 1)
             swept = await server.components.sweeper.sweep_once()
     assert swept == 0
 
@@ -145,11 +145,11 @@ async def test_empty_conversations_are_discarded(
 ) -> None:
     server, token = await _setup(nursery, make_settings)
     with trio.fail_after(JUMPS_S + 30):
-        async with open_listen(server, token=token) as ws:
-            received = await read_until(ws, Received(), _ready)
+        async with open_listen(server.url, token=token) as ws:
+            received = await ws.read_until(_ready)
             assert len(await _conversations(server, token)) == 1  # opened at session start
             clock.jump(125)
-            await ws.send_message(b"\x00")  # keepalive: wakes nothing, just proves liveness
+            await ws.send_frame(b"\x00")  # keepalive: wakes nothing, just proves liveness
             await wait_until(lambda: server.context.sessions.statistics().live == 1)
             store = server.context.store
             user = await store.get_user_by_name("alice")

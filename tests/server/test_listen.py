@@ -13,17 +13,15 @@ from trio_websocket import ConnectionClosed
 from server.serve import ServerHandle
 from server.settings import Settings
 from server.stt.fake import FakeSttProvider, fake_text
-from tests.conftest import auth, create_user_token, start_server
-from tests.helpers import wait_until
-from tests.server.listen_client import (
+from server.testing import (
     RATE,
     Received,
     frames,
     open_listen,
     pcm,
-    read_to_close,
-    read_until,
 )
+from tests.conftest import auth, create_user_token, start_server
+from tests.helpers import wait_until
 
 SECOND = RATE * 2
 
@@ -38,20 +36,20 @@ def _expected(audio: bytes, seconds: int) -> list[str]:
 
 
 async def _refusal(server: ServerHandle, query: str, token: str | None) -> Received:
-    async with open_listen(server, query, token) as ws:
-        return await read_to_close(ws)
+    async with open_listen(server.url, query=query, token=token) as ws:
+        return await ws.read_to_close()
 
 
 async def test_streams_segments_back_in_order_and_persists_them(server: ServerHandle) -> None:
     audio = pcm(3.0)
     with trio.fail_after(20):
         token = await _token(server)
-        async with open_listen(server, token=token) as ws:
-            received = Received()
-            await read_until(ws, received, lambda r: "ready" in [e.get("status") for e in r.events])
+        async with open_listen(server.url, token=token) as ws:
+            received = ws.received
+            await ws.read_until(lambda r: "ready" in [e.get("status") for e in r.events])
             for frame in frames(audio):
-                await ws.send_message(frame)
-            await read_until(ws, received, lambda r: r.has("seg2 "))
+                await ws.send_frame(frame)
+            await ws.read_until(lambda r: r.has("seg2 "))
         async with httpx.AsyncClient(base_url=server.url) as client:
             listed = await client.get("/v1/conversations?statuses=in_progress", headers=auth(token))
             cid = listed.json()[0]["id"]
@@ -75,10 +73,8 @@ async def test_auth_failures_close_1008_and_tickets_are_single_use(server: Serve
         async with httpx.AsyncClient(base_url=server.url) as client:
             ticket = (await client.post("/v1/listen/tickets", headers=auth(token))).json()["ticket"]
         query = f"codec=pcm16&sample_rate=16000&ticket={ticket}"
-        async with open_listen(server, query) as ws:
-            first = await read_until(
-                ws, Received(), lambda r: "ready" in [e.get("status") for e in r.events]
-            )
+        async with open_listen(server.url, query=query) as ws:
+            first = await ws.read_until(lambda r: "ready" in [e.get("status") for e in r.events])
         reused = await _refusal(server, query, None)
     assert (missing.close_code, wrong.close_code, reused.close_code) == (1008, 1008, 1008)
     assert "Bearer" in (missing.close_reason or "")
@@ -115,12 +111,10 @@ async def test_stt_service_is_a_preference_logged_once_per_value(
     with trio.fail_after(20):
         token = await _token(server)
         for _ in range(2):
-            async with open_listen(server, query, token) as ws:
-                received = await read_until(
-                    ws, Received(), lambda r: "ready" in [e.get("status") for e in r.events]
-                )
-                await ws.send_message(pcm(1.0))
-                await read_until(ws, received, lambda r: r.has("seg0 "))
+            async with open_listen(server.url, query=query, token=token) as ws:
+                await ws.wait_ready()
+                await ws.send_frame(pcm(1.0))
+                await ws.wait_for_text("seg0 ")
     logged = [r.getMessage() for r in caplog.records if "soniox-omi-test" in r.getMessage()]
     assert len(logged) == 1 and "'fake'" in logged[0]
 
@@ -128,21 +122,21 @@ async def test_stt_service_is_a_preference_logged_once_per_value(
 async def test_bad_input_non_json_text_and_huge_frames(server: ServerHandle) -> None:
     with trio.fail_after(20):
         token = await _token(server)
-        async with open_listen(server, token=token) as ws:
-            await ws.send_message(b"\x00" * (server.context.settings.ws_max_message_bytes + 1))
-            huge = await read_to_close(ws)
-        async with open_listen(server, token=token) as ws:
+        async with open_listen(server.url, token=token) as ws:
+            await ws.send_frame(b"\x00" * (server.context.settings.ws_max_message_bytes + 1))
+            huge = await ws.read_to_close()
+        async with open_listen(server.url, token=token) as ws:
             # Omi ignores text it cannot use: not JSON, unparsable (nesting deeper than the
             # parser's recursion limit), not an object; none of it closes the session.
-            await ws.send_message("not json")
-            await ws.send_message("[" * 5000 + "]" * 5000)
-            await ws.send_message('["an array"]')
-            await ws.send_message('{"type": "speaker_assigned", "speaker_id": 1}')
-            await ws.send_message(b"\x01")  # keepalive frames of <= 2 bytes are ignored
-            await ws.send_message(b"\x01\x02\x03")  # odd length: a bad PCM16 frame, skipped
+            await ws.send_text("not json")
+            await ws.send_text("[" * 5000 + "]" * 5000)
+            await ws.send_text('["an array"]')
+            await ws.send_text('{"type": "speaker_assigned", "speaker_id": 1}')
+            await ws.send_frame(b"\x01")  # keepalive frames of <= 2 bytes are ignored
+            await ws.send_frame(b"\x01\x02\x03")  # odd length: a bad PCM16 frame, skipped
             for frame in frames(pcm(1.0)):
-                await ws.send_message(frame)
-            fine = await read_until(ws, Received(), lambda r: len(r.segments) >= 1)
+                await ws.send_frame(frame)
+            fine = await ws.read_until(lambda r: len(r.segments) >= 1)
             ignored = server.context.sessions.statistics().totals["ignored_text"]
     assert huge.close_code == 1009
     assert ignored == 3
@@ -152,13 +146,11 @@ async def test_bad_input_non_json_text_and_huge_frames(server: ServerHandle) -> 
 async def test_garbage_opus_is_counted_and_skipped(server: ServerHandle) -> None:
     with trio.fail_after(20):
         token = await _token(server)
-        async with open_listen(server, "codec=opus&sample_rate=16000", token) as ws:
+        async with open_listen(server.url, query="codec=opus&sample_rate=16000", token=token) as ws:
             for _ in range(5):
-                await ws.send_message(b"\xff\xfe garbage opus packet \x00\x01")
-            await ws.send_message('{"type": "ping_probe"}')
-            received = await read_until(
-                ws, Received(), lambda r: "ready" in [e.get("status") for e in r.events]
-            )
+                await ws.send_frame(b"\xff\xfe garbage opus packet \x00\x01")
+            await ws.send_text('{"type": "ping_probe"}')
+            received = await ws.read_until(lambda r: "ready" in [e.get("status") for e in r.events])
     assert received.close_code is None
 
 
@@ -170,11 +162,11 @@ async def test_session_caps_close_1013(
         alice = await _token(server, "alice")
         bob = await _token(server, "bob")
         carol = await _token(server, "carol")
-        async with open_listen(server, token=alice) as first:
-            await read_until(first, Received(), lambda r: len(r.events) >= 3)
+        async with open_listen(server.url, token=alice) as first:
+            await first.read_until(lambda r: len(r.events) >= 3)
             second = await _refusal(server, "codec=pcm16&sample_rate=16000", alice)
-            async with open_listen(server, token=bob) as other:
-                await read_until(other, Received(), lambda r: len(r.events) >= 3)
+            async with open_listen(server.url, token=bob) as other:
+                await other.read_until(lambda r: len(r.events) >= 3)
                 full = await _refusal(server, "codec=pcm16&sample_rate=16000", carol)
     assert second.close_code == 1013 and "user" in (second.close_reason or "")
     assert full.close_code == 1013 and "capacity" in (full.close_reason or "")
@@ -208,15 +200,13 @@ async def test_stt_failure_degrades_the_session_instead_of_killing_it(
     )
     with trio.fail_after(20):
         token = await _token(server)
-        async with open_listen(server, token=token) as ws:
+        async with open_listen(server.url, token=token) as ws:
             for frame in frames(pcm(2.0)):
-                await ws.send_message(frame)
-            received = await read_until(
-                ws,
-                Received(),
+                await ws.send_frame(frame)
+            received = await ws.read_until(
                 lambda r: "stt_degraded" in [e.get("status") for e in r.events] and r.pings >= 2,
             )
-            await ws.send_message(frames(pcm(0.1))[0])  # still accepting audio
+            await ws.send_frame(frames(pcm(0.1))[0])  # still accepting audio
     assert received.close_code is None
     assert len(received.segments) == 1
 
@@ -228,8 +218,8 @@ async def test_heartbeat_pings_and_idle_timeout_closes_1001(
         nursery, make_settings(heartbeat_interval_s=0.1, idle_timeout_s=0.6)
     )
     with trio.fail_after(20):
-        async with open_listen(server, token=await _token(server)) as ws:
-            received = await read_to_close(ws)
+        async with open_listen(server.url, token=await _token(server)) as ws:
+            received = await ws.read_to_close()
     assert received.pings >= 3
     assert received.close_code == 1001 and "idle" in (received.close_reason or "")
 
@@ -243,13 +233,13 @@ async def test_shutdown_sends_last_segments_then_1001(
     partial: list[Received] = []
 
     async def stream(token: str) -> None:
-        async with open_listen(server, token=token) as ws:
-            received = await read_until(ws, Received(), lambda r: len(r.events) >= 3)
+        async with open_listen(server.url, token=token) as ws:
+            received = await ws.read_until(lambda r: len(r.events) >= 3)
             partial.append(received)
             for frame in frames(audio):
-                await ws.send_message(frame)
-            await read_until(ws, received, lambda r: len(r.segments) >= 1)
-            results.append(await read_until(ws, received, lambda r: False))
+                await ws.send_frame(frame)
+            await ws.read_until(lambda r: len(r.segments) >= 1)
+            results.append(await ws.read_until(lambda r: False))
 
     with trio.fail_after(20):
         tokens = [await _token(server, name) for name in ("alice", "bob")]
@@ -269,11 +259,11 @@ async def test_shutdown_sends_last_segments_then_1001(
 async def test_closed_socket_during_session_is_tolerated(server: ServerHandle) -> None:
     with trio.fail_after(10):
         token = await _token(server)
-        async with open_listen(server, token=token) as ws:
-            await ws.send_message(frames(pcm(0.5))[0])
-            await ws.aclose()
+        async with open_listen(server.url, token=token) as ws:
+            await ws.send_frame(frames(pcm(0.5))[0])
+            await ws.close()
         with pytest.raises(ConnectionClosed):
-            await ws.get_message()
+            await ws.ws.get_message()
         async with httpx.AsyncClient(base_url=server.url) as client:
             ok = await client.get("/health")
     assert ok.status_code == 200
@@ -290,15 +280,13 @@ async def test_embedded_stt_with_vad_returns_most_words_of_real_speech(
     settings = make_settings(stt="embedded", vad="active", stt_workers=1, stt_streams_per_worker=1)
     server = await start_server(nursery, settings)
     with trio.fail_after(60):
-        async with open_listen(server, token=await _token(server)) as ws:
-            received = await read_until(ws, Received(), lambda r: len(r.events) >= 3)
+        async with open_listen(server.url, token=await _token(server)) as ws:
+            received = await ws.read_until(lambda r: len(r.events) >= 3)
             for frame in frames(audio + bytes(RATE * 2)):  # one second of silence to end it
-                await ws.send_message(frame)
+                await ws.send_frame(frame)
                 await trio.sleep(0.02)  # faster than real time, but paced like a device
             words = set(reference)
-            await read_until(
-                ws, received, lambda r: len(words & set(r.joined().split())) >= 0.7 * len(words)
-            )
+            await ws.read_until(lambda r: len(words & set(r.joined().split())) >= 0.7 * len(words))
     heard = received.joined().split()
     assert len(set(reference) & set(heard)) >= 0.7 * len(set(reference)), heard
     assert server.context.stats["stt"]()["finals"] >= 1
@@ -321,11 +309,11 @@ async def test_deepgram_provider_end_to_end_against_the_fake_server(
         server = await start_server(nursery, settings)
         loud = array("h", [4000, -4000] * RATE).tobytes()  # 2 s: eight fake words
         with trio.fail_after(20):
-            async with open_listen(server, token=await _token(server)) as ws:
-                received = await read_until(ws, Received(), lambda r: len(r.events) >= 3)
+            async with open_listen(server.url, token=await _token(server)) as ws:
+                received = await ws.read_until(lambda r: len(r.events) >= 3)
                 for frame in frames(loud + bytes(RATE)):  # then half a second of silence
-                    await ws.send_message(frame)
-                await read_until(ws, received, lambda r: r.has("w8"))
+                    await ws.send_frame(frame)
+                await ws.read_until(lambda r: r.has("w8"))
     assert received.joined().split() == [f"w{n}" for n in range(1, 9)]
     assert received.segments[received.order[0]]["stt_provider"] == "deepgram"
     query = fake.connections[0].query

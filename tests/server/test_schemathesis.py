@@ -81,10 +81,6 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_breach(
         "10",
         "--seed",
         "20261201",
-        # Each case on its own connection: an early answer that leaves a body unread on a
-        # keep-alive connection is issue 15 item 0's subject, not this contract test's.
-        "--header",
-        "Connection: close",
     ]
     with trio.fail_after(150):
         result = await trio.run_process(

@@ -10,9 +10,9 @@ import trio
 
 from server.settings import Settings
 from server.stt.fake import fake_text
+from server.testing import RATE, frames, open_listen, pcm
 from tests.conftest import auth, create_user_token, start_server
 from tests.fakes.receivers import json_reply, open_receivers
-from tests.server.listen_client import RATE, Received, frames, open_listen, pcm, read_until
 from tests.server.test_webhooks_api import insert_processing_conversation
 
 SECOND = RATE * 2
@@ -46,25 +46,23 @@ async def test_a_live_session_feeds_webhooks_and_gets_their_events(
                 {"name": "Coach", "url": rx.url("/app"), "triggers": ["realtime_transcript"]},
             )
 
-            async with open_listen(server, token=token) as ws:
-                received = Received()
-                await read_until(
-                    ws, received, lambda r: "ready" in [e.get("status") for e in r.events]
-                )
+            async with open_listen(server.url, token=token) as ws:
+                received = ws.received
+                await ws.read_until(lambda r: "ready" in [e.get("status") for e in r.events])
                 for frame in frames(audio):
-                    await ws.send_message(frame)
-                await read_until(ws, received, lambda r: r.has("seg2 "))
+                    await ws.send_frame(frame)
+                await ws.read_until(lambda r: r.has("seg2 "))
                 segments_done = trio.current_time()
                 while not any(b"seg2 " in q.body for q in rx.on("/rt")):
                     await rx.wait_for_count("/rt", len(rx.on("/rt")) + 1)
                 rt_lag_s = trio.current_time() - segments_done
-                await read_until(ws, received, lambda r: "app_message" in r.event_types())
+                await ws.read_until(lambda r: "app_message" in r.event_types())
                 conversation_id = await insert_processing_conversation(
                     server,
                     user_id,
                     ["We will ship the beta on Friday.", "Priya will fix the sync bug."],
                 )
-                await read_until(ws, received, lambda r: "memory_created" in r.event_types())
+                await ws.read_until(lambda r: "memory_created" in r.event_types())
                 await rx.wait_for_count("/audio", 2)
     expected = " ".join(fake_text(i, audio[i * SECOND : (i + 1) * SECOND]) for i in range(3))
     assert received.joined() == expected  # the session itself is unaffected by the hanging hooks
