@@ -231,7 +231,8 @@ def _validate(s: Settings) -> None:
     for name, ok, why in checks:
         if not ok:
             secret = _FIELDS[name].metadata.get("secret")
-            shown = "a hidden value" if secret else repr(getattr(s, name))
+            value = getattr(s, name)
+            shown = "a hidden value" if secret and value is not None else repr(value)
             raise SettingsError(f"invalid setting {name}: {why} (got {shown})")
 
 
