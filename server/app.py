@@ -25,6 +25,8 @@ __all__ = ["create_app", "create_quart_app"]
 
 LOGGER = logging.getLogger(__name__)
 
+#: WebSocket paths served by the raw-ASGI listen handler (``/v4/web/listen``: browsers).
+LISTEN_PATHS = frozenset({"/v4/listen", "/v4/web/listen"})
 #: Paths that keep answering while the server drains (probes must see the truth).
 DRAIN_EXEMPT = frozenset({"/health", "/ready", "/metrics"})
 
@@ -87,14 +89,15 @@ def create_quart_app(ctx: AppContext) -> QuartTrio:
 
 
 def create_app(ctx: AppContext, listen_handler: AsgiApp | None = None) -> AsgiApp:
-    """The ASGI app served by hypercorn: ``/v4/listen`` to ``listen_handler``, the rest to Quart."""
+    """The ASGI app served by hypercorn: ``/v4/listen`` and ``/v4/web/listen`` to
+    ``listen_handler``, the rest to Quart."""
     quart_app = create_quart_app(ctx)
 
     async def dispatch(scope: Scope, receive: Receive, send: Send) -> None:
         if (
             listen_handler is not None
             and scope["type"] == "websocket"
-            and scope["path"] == "/v4/listen"
+            and scope["path"] in LISTEN_PATHS
         ):
             await listen_handler(scope, receive, send)
         else:

@@ -19,6 +19,7 @@ import trio
 from server.clock import wall_now
 
 __all__ = [
+    "TICKET_PREFIX",
     "RateLimiter",
     "TicketBook",
     "TicketBookStatistics",
@@ -26,6 +27,8 @@ __all__ = [
     "is_admin_token",
 ]
 
+#: Every ticket starts with this (so a token field can be told apart from an API token).
+TICKET_PREFIX: Final = "tk_"
 #: Longest string ever looked up as a ticket (real ones are 35 characters).
 MAX_TICKET_CHARS: Final = 200
 #: Most users whose rate-limit buckets are remembered; the least recently seen is forgotten.
@@ -95,7 +98,7 @@ class TicketBook:
 
     async def issue(self, user_id: str) -> tuple[str, float]:
         """Return a new ticket for ``user_id`` and its lifetime in seconds."""
-        ticket = "tk_" + secrets.token_urlsafe(24)
+        ticket = TICKET_PREFIX + secrets.token_urlsafe(24)
         now = wall_now()
         await self._store.create_ticket(_digest(ticket), user_id, now + self._ttl_s, now)
         self._issued += 1

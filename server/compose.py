@@ -6,6 +6,7 @@
     open_components                    (one AsyncExitStack; closed in reverse order)
     ├── storage ThreadLane + store     SQLite (or PostgreSQL: --database-url) through the lane
     ├── node                           this process's heartbeat row (cluster-wide session caps)
+    ├── HTTP lane "jwks" + refresher   only with --auth-jwks-url (JWT bearer tokens)
     ├── STT provider                   embedded workers, Deepgram client, or the fake
     ├── thread lane "summarise"        long transcripts for the embedded summariser
     ├── HTTP lane "webhooks"           SSRF-pinned transport; per-target bulkheads + breakers
@@ -35,6 +36,8 @@ from server.clock import wall_now
 from server.cluster import Node, open_node
 from server.context import AppContext
 from server.drain import Drain
+from server.identity import JwtAuth
+from server.jwt_auth import JwtSettings, open_jwt_verifier
 from server.listen.handler import ListenDeps, make_listen_handler
 from server.listen.registry import SessionRegistry
 from server.listen.sweeper import Sweeper
@@ -183,6 +186,7 @@ async def open_components(
         store = await stack.enter_async_context(_open_store(settings, stats))
         node = await stack.enter_async_context(open_node(store, settings))
         stats["node"] = node.statistics
+        jwt = await stack.enter_async_context(_open_jwt(settings, stats))
         provider = await stack.enter_async_context(
             _provider(settings, overrides.get("stt_provider"))
         )
@@ -198,7 +202,9 @@ async def open_components(
         summariser = await _open_summariser(stack, settings, embedded, openai_transport, stats)
         nursery = await stack.enter_async_context(trio.open_nursery())
         stack.callback(nursery.cancel_scope.cancel)
-        parts = _Parts(settings, Drain(), store, node, provider, lane, summariser, embedded, stats)
+        parts = _Parts(
+            settings, Drain(), store, node, provider, lane, summariser, embedded, stats, jwt
+        )
         components = _assemble(
             parts, nursery, overrides.get("processing_config"), overrides.get("delivery_config")
         )
@@ -218,6 +224,7 @@ class _Parts:
     summariser: Summariser
     embedded: EmbeddedSummariser
     stats: Stats
+    jwt: JwtAuth | None
 
 
 @asynccontextmanager
@@ -237,6 +244,26 @@ async def _open_store(settings: Settings, stats: Stats) -> AsyncIterator[Store]:
     async with opened as store:
         stats["storage"] = lane.statistics
         yield store
+
+
+@asynccontextmanager
+async def _open_jwt(settings: Settings, stats: Stats) -> AsyncIterator[JwtAuth | None]:
+    """JWT auth if ``--auth-jwks-url`` is set (its first JWKS fetch done on entry), else None."""
+    if not settings.auth_jwks_url:
+        await trio.lowlevel.checkpoint()
+        yield None
+        return
+    jwt_settings = JwtSettings(
+        jwks_url=settings.auth_jwks_url,
+        issuer=settings.auth_issuer or "",
+        audience=settings.auth_audience or "",
+        refresh_s=settings.auth_jwks_refresh_s,
+        min_refresh_s=settings.auth_jwks_min_refresh_s,
+    )
+    async with open_jwt_verifier(jwt_settings) as verifier:
+        jwt = JwtAuth(verifier)
+        stats["jwt"] = jwt.statistics
+        yield jwt
 
 
 @asynccontextmanager
@@ -336,6 +363,7 @@ def _assemble(
         processing_wakeup=wakeup,
         metrics=metrics,
         stats=parts.stats,
+        jwt=parts.jwt,
     )
     parts.stats.update(
         tickets=context.tickets.statistics,

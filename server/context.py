@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from server.auth import RateLimiter, TicketBook
 from server.cluster import Node
 from server.drain import Drain
+from server.identity import JwtAuth
 from server.listen.registry import SessionRegistry
 from server.metrics import ServerMetrics
 from server.settings import Settings
@@ -39,6 +40,7 @@ class AppContext:
         metrics: the Prometheus registry of this run (``GET /metrics``), reading ``stats``.
         stats: named ``statistics()`` callables exposed on ``GET /v1/stats`` (filled while the
             run's components open; the serve tree adds its loop-lag monitor).
+        jwt: JWT bearer-token auth when ``--auth-jwks-url`` is set (else ``None``).
     """
 
     settings: Settings
@@ -52,3 +54,4 @@ class AppContext:
     processing_wakeup: Wakeup
     metrics: ServerMetrics
     stats: dict[str, Callable[[], object]] = field(default_factory=dict)
+    jwt: JwtAuth | None = None

@@ -80,6 +80,20 @@ class Settings:
     api_rate_per_s: float = _setting(20.0, "sustained API requests per second per user")
     api_burst: int = _setting(40, "API request burst per user before 429")
     ticket_ttl_s: float = _setting(60.0, "lifetime of a single-use WebSocket ticket")
+    web_auth_timeout_s: float = _setting(
+        5.0, "/v4/web/listen: time for the first message ({type: auth, token}) to arrive"
+    )
+    auth_jwks_url: str | None = _setting(
+        None, "JWKS URL: accept JWT bearer tokens signed by its keys (Firebase, any OIDC)"
+    )
+    auth_issuer: str | None = _setting(
+        None, "required JWT iss (https://securetoken.google.com/<p>)"
+    )
+    auth_audience: str | None = _setting(None, "required JWT aud (Firebase: the project id)")
+    auth_jwks_refresh_s: float = _setting(3600.0, "how often the JWKS is re-fetched")
+    auth_jwks_min_refresh_s: float = _setting(
+        30.0, "least time between JWKS fetches (an unknown kid triggers one)"
+    )
     # -- connections (server/guard)
     http_keep_alive_s: float = _setting(
         5.0, "idle keep-alive deadline; also bounds an incomplete request line and headers"
@@ -201,6 +215,16 @@ def _validate(s: Settings) -> None:
         ("webhook_workers", 1 <= s.webhook_workers <= 256, "must be between 1 and 256"),
         ("webhook_timeout_s", 0 < s.webhook_timeout_s <= 120, "must be in (0, 120]"),
         ("ticket_ttl_s", 0 < s.ticket_ttl_s <= 3600, "must be in (0, 3600]"),
+        ("web_auth_timeout_s", 0 < s.web_auth_timeout_s <= 60, "must be in (0, 60]"),
+        (
+            "auth_jwks_url",
+            s.auth_jwks_url is None or s.auth_jwks_url.startswith(("https://", "http://")),
+            "must be an http(s) URL",
+        ),
+        ("auth_issuer", not s.auth_jwks_url or bool(s.auth_issuer), "is required with a JWKS"),
+        ("auth_audience", not s.auth_jwks_url or bool(s.auth_audience), "is required with a JWKS"),
+        ("auth_jwks_refresh_s", s.auth_jwks_refresh_s >= 60, "must be >= 60"),
+        ("auth_jwks_min_refresh_s", s.auth_jwks_min_refresh_s >= 0, "must be >= 0"),
         ("http_keep_alive_s", 0 < s.http_keep_alive_s <= 3600, "must be in (0, 3600]"),
         ("http_body_timeout_s", 0 < s.http_body_timeout_s <= 3600, "must be in (0, 3600]"),
         ("send_timeout_s", 0 < s.send_timeout_s <= 3600, "must be in (0, 3600]"),

@@ -12,7 +12,7 @@ import lanes
 
 SERVER = pathlib.Path(__file__).resolve().parent.parent / "server"
 #: Top-level modules that import no other part of ``server`` except each other.
-LEAVES = frozenset({"auth", "clock", "drain", "errors", "logs", "settings", "wakeup"})
+LEAVES = frozenset({"auth", "clock", "drain", "errors", "jwt_auth", "logs", "settings", "wakeup"})
 #: For each unit (a ``server`` subpackage or top-level module): the other units it may import,
 #: besides the leaves. Lower layers first; nothing imports upwards.
 ALLOWED: Mapping[str, Set[str]] = {
@@ -20,15 +20,16 @@ ALLOWED: Mapping[str, Set[str]] = {
     "store": set(),
     "stt": set(),
     "views": {"store"},
+    "identity": {"store"},
     "tokens_cli": {"store"},
     "webhooks": {"store"},
     "processing": {"store", "views", "webhooks"},
     "cluster": {"store"},
     "supervisor": set(),
-    "listen": {"guard", "store", "stt", "views", "cluster"},
+    "listen": {"guard", "store", "stt", "views", "identity", "cluster"},
     "metrics": {"store", "listen"},
     "check": {"store"},
-    "context": {"store", "listen", "webhooks", "metrics", "cluster"},
+    "context": {"store", "listen", "webhooks", "metrics", "identity", "cluster"},
     "routes": {
         "context",
         "guard",
@@ -39,6 +40,7 @@ ALLOWED: Mapping[str, Set[str]] = {
         "webhooks",
         "processing",
         "metrics",
+        "identity",
     },
     "app": {"context", "listen", "routes"},
     "compose": {
@@ -50,6 +52,7 @@ ALLOWED: Mapping[str, Set[str]] = {
         "webhooks",
         "processing",
         "metrics",
+        "identity",
         "cluster",
     },
     "serve": {"app", "compose", "context", "guard", "stt", "supervisor"},

@@ -9,6 +9,7 @@ with a reason rather than hypercorn's bare HTTP 403: 1008 for auth and invalid p
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -18,11 +19,12 @@ from urllib.parse import parse_qsl
 import trio
 
 from lanes import LaneError
-from server.auth import TicketBook, bearer_token
+from server.auth import TICKET_PREFIX, TicketBook, bearer_token
 from server.clock import wall_now
 from server.cluster import CLEANUP_BUDGET_S, Node
 from server.drain import Drain
 from server.guard import mark_authenticated, mark_websocket
+from server.identity import AuthFailed, JwtAuth, authenticate_bearer
 from server.listen.codecs import SUPPORTED_CODECS, make_decoder
 from server.listen.conversation import ConversationTracker
 from server.listen.hooks import RealtimeHooks
@@ -42,9 +44,12 @@ from server.store import Store, StoreError
 from server.stt.base import SttCapacityError, SttError, SttProvider
 from server.views import conversation_json
 
-__all__ = ["ListenContext", "ListenDeps", "make_listen_handler"]
+__all__ = ["WEB_LISTEN_PATH", "ListenContext", "ListenDeps", "make_listen_handler"]
 
 LOGGER = logging.getLogger(__name__)
+
+#: Omi's browser endpoint: no Authorization header, the first message authenticates.
+WEB_LISTEN_PATH = "/v4/web/listen"
 
 
 class ListenContext(Protocol):
@@ -60,6 +65,8 @@ class ListenContext(Protocol):
     def tickets(self) -> TicketBook: ...
     @property
     def node(self) -> Node: ...
+    @property
+    def jwt(self) -> JwtAuth | None: ...
 
 
 @dataclass(eq=False)
@@ -93,9 +100,10 @@ async def _authenticate(
 ) -> str:
     token = bearer_token(headers)
     if token is not None:
-        user = await ctx.store.authenticate(token, wall_now())
-        if user is None:
-            raise _Refused(1008, "invalid or revoked token")
+        try:
+            user = await authenticate_bearer(ctx, token)
+        except AuthFailed as exc:
+            raise _Refused(1008, exc.reason[:100]) from None
         return user.id
     ticket = query.get("ticket")
     if ticket:
@@ -105,6 +113,58 @@ async def _authenticate(
         return user_id
     await trio.lowlevel.checkpoint()
     raise _Refused(1008, "missing Authorization: Bearer token (or ?ticket= for browsers)")
+
+
+async def _first_message_auth(ctx: ListenContext, ws: AsgiWebSocket) -> str:
+    """``/v4/web/listen`` (Omi's browser endpoint): accept, then the first message must be
+    ``{"type": "auth", "token": ...}`` within ``web_auth_timeout_s``; it is answered with
+    ``{"type": "auth_response", "success": true|false}`` as Omi does. A malformed first message
+    or the timeout closes 1008 without an answer; a refused token answers ``success: false``
+    and closes 1008. The token is an API token, a JWT (if configured) or a ticket.
+    """
+    await ws.accept()
+    message: str | bytes | None = None
+    with trio.move_on_after(ctx.settings.web_auth_timeout_s) as deadline:
+        message = await ws.receive()
+    if deadline.cancelled_caught:
+        raise _Refused(1008, "auth timeout: send {type: auth, token} first")
+    if message is None:
+        raise ClientGone("left before authenticating")
+    token = _auth_token(message)
+    try:
+        user_id: str | None = await _user_of_token(ctx, token)
+        refusal = ""
+    except AuthFailed as exc:
+        user_id, refusal = None, exc.reason
+    await ws.send_text(_AUTH_OK if user_id is not None else _AUTH_FAILED)
+    if user_id is None:
+        raise _Refused(1008, refusal[:100])
+    return user_id
+
+
+_AUTH_OK = json.dumps({"type": "auth_response", "success": True}, separators=(",", ":"))
+_AUTH_FAILED = json.dumps({"type": "auth_response", "success": False}, separators=(",", ":"))
+
+
+def _auth_token(message: str | bytes) -> str:
+    try:
+        value = json.loads(message) if isinstance(message, str) else None
+    except ValueError:
+        value = None
+    token = value.get("token") if isinstance(value, dict) and value.get("type") == "auth" else None
+    if not isinstance(token, str) or not token:
+        raise _Refused(1008, 'the first message must be {"type": "auth", "token": "..."}')
+    return token
+
+
+async def _user_of_token(ctx: ListenContext, token: str) -> str:
+    if token.startswith(TICKET_PREFIX):
+        await trio.lowlevel.checkpoint()
+        user_id = await ctx.tickets.redeem(token)
+        if user_id is None:
+            raise AuthFailed("invalid, expired or already used ticket")
+        return user_id
+    return (await authenticate_bearer(ctx, token)).id
 
 
 def _params(ctx: ListenContext, deps: ListenDeps, query: Mapping[str, str]) -> ListenParams:
@@ -181,13 +241,17 @@ async def _serve(ctx: ListenContext, deps: ListenDeps, ws: AsgiWebSocket) -> Non
         raise _Refused(1001, "server shutting down")
     headers, query = _headers(ws.scope), _query(ws.scope)
     try:
-        user_id = await _authenticate(ctx, headers, query)
+        if ws.scope.get("path") == WEB_LISTEN_PATH:
+            user_id = await _first_message_auth(ctx, ws)
+        else:
+            user_id = await _authenticate(ctx, headers, query)
     except (LaneError, StoreError) as exc:
         raise _Refused(1013, "server busy; try again later") from exc
     mark_authenticated(ws.scope)
     mark_websocket(ws.scope)
     params = _params(ctx, deps, query)
-    await ws.accept()
+    if not ws.accepted:
+        await ws.accept()
     session = _session(ctx, deps, ws, user_id, params)
     try:
         deps.registry.admit(session)

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 from quart import Quart, Response, current_app, request
 
 from server.auth import bearer_token, is_admin_token
-from server.clock import wall_now
 from server.context import AppContext
 from server.errors import ApiError
 from server.guard import mark_authenticated
+from server.identity import AuthFailed, authenticate_bearer
 
 if TYPE_CHECKING:
     from server.store import User
@@ -70,9 +70,10 @@ async def current_user() -> User:
     if token is None:
         raise ApiError(401, "unauthorized", "missing bearer token", headers=_CHALLENGE)
     ctx = ctx_of()
-    user = await ctx.store.authenticate(token, wall_now())
-    if user is None:
-        raise ApiError(401, "unauthorized", "invalid or revoked token", headers=_CHALLENGE)
+    try:
+        user = await authenticate_bearer(ctx, token)
+    except AuthFailed as exc:
+        raise ApiError(401, "unauthorized", exc.reason, headers=_CHALLENGE) from None
     mark_authenticated(request.scope)
     wait_s = ctx.limiter.try_acquire(user.id)
     if wait_s > 0:

@@ -28,9 +28,10 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import trio
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from quart import Blueprint, Response
 
 from server.clock import wall_now
@@ -52,7 +53,7 @@ from server.routes._models import (
 from server.routes.deps import ctx_of, json_response
 from server.store import User, new_id
 from server.views import iso
-from server.webhooks.models import Delivery, Endpoint, OwnerKind
+from server.webhooks.models import WEBHOOK_KINDS, Delivery, Endpoint, OwnerKind
 from server.webhooks.repository import LimitReachedError
 from server.webhooks.service import WebhookApi
 from server.webhooks.signing import new_secret
@@ -361,3 +362,171 @@ def _register(owner: OwnerKind) -> None:
 
 _register("webhook")
 _register("app")
+
+
+# -- Omi's developer-webhook routes (backend/routers/users.py) ----------------------------------
+#
+# Omi keeps one URL per webhook type; here that is the user's oldest registration of that kind
+# (created on first use, its secret available through ``/v1/webhooks/<id>/rotate-secret``).
+# ``audio_bytes`` URLs carry their interval as Omi stores them: ``"<url>,<seconds>"``.
+
+
+def _invalid(field: str, message: str) -> ApiError:
+    return ApiError(422, "invalid_field", f"{field}: {message}")
+
+
+def _developer_kind(wtype: str) -> str:
+    if wtype not in WEBHOOK_KINDS:
+        raise _invalid("type", f"must be one of {', '.join(sorted(WEBHOOK_KINDS))}")
+    return wtype
+
+
+async def _developer_endpoint(user_id: str, kind: str) -> Endpoint | None:
+    endpoints = await _api().repo.list_endpoints(user_id, "webhook")
+    mine = [e for e in endpoints if e.kinds == (kind,)]
+    return min(mine, key=lambda e: (e.created_at, e.id)) if mine else None
+
+
+def _omi_url(endpoint: Endpoint | None) -> str:
+    if endpoint is None:
+        return ""
+    if endpoint.kinds == ("audio_bytes",):
+        return f"{endpoint.url},{endpoint.interval_s:g}"
+    return endpoint.url
+
+
+def _split_omi_url(kind: str, raw: object) -> tuple[str, dict[str, object]]:
+    """``(url, body for the registration)`` from Omi's ``{"url": ...}`` ("" = disable)."""
+    if not isinstance(raw, str):
+        raise _invalid("url", "must be a string")
+    url, interval = raw.strip(), None
+    if kind == "audio_bytes" and "," in url:
+        url, _, seconds = url.rpartition(",")
+        try:
+            interval = float(seconds) if seconds.strip() else None
+        except ValueError:
+            raise _invalid("url", "must be '<url>,<seconds>' for audio_bytes") from None
+    body: dict[str, object] = {"url": url}
+    if interval is not None:
+        body["interval_s"] = interval
+    return url, body
+
+
+def _developer_create(kind: str, body: Mapping[str, object]) -> WebhookCreate:
+    try:
+        return WebhookCreate.model_validate({**body, "kind": kind})
+    except ValidationError as exc:
+        error = exc.errors(include_input=False, include_url=False)[0]
+        field = ".".join(str(part) for part in error["loc"]) or "url"
+        raise _invalid(field, error["msg"]) from None
+
+
+async def _set_developer_webhook(user: User, wtype: str, raw_url: str) -> Response:
+    """``POST /v1/users/developer/webhook/<type>`` ``{"url": ...}``; an empty URL disables."""
+    kind = _developer_kind(wtype)
+    url, body = _split_omi_url(kind, raw_url)
+    api = _api()
+    existing = await _developer_endpoint(user.id, kind)
+    if not url:
+        if existing is not None:
+            values: dict[str, object] = {"enabled": 0}
+            await api.repo.update_endpoint(user.id, "webhook", existing.id, values, wall_now())
+    elif existing is None:
+        endpoint = await _new_endpoint("webhook", user.id, _developer_create(kind, body))
+        try:
+            await api.repo.create_endpoint(endpoint, MAX_ENDPOINTS_PER_USER)
+        except LimitReachedError as exc:
+            raise ApiError(409, "limit_reached", str(exc)) from exc
+    else:
+        _developer_create(kind, body)  # the same checks as on creation
+        values = await _patch_values(body)
+        await api.repo.update_endpoint(user.id, "webhook", existing.id, values, wall_now())
+    await api.refresh_user(user.id)
+    return json_response({"status": "ok"})
+
+
+async def _get_developer_webhook(user: User, wtype: str) -> Response:
+    """``GET /v1/users/developer/webhook/<type>`` -> ``{"url": ...}`` (``""`` if none)."""
+    kind = _developer_kind(wtype)
+    return json_response({"url": _omi_url(await _developer_endpoint(user.id, kind))})
+
+
+async def _toggle_developer_webhook(user: User, wtype: str, enabled: bool) -> Response:
+    kind = _developer_kind(wtype)
+    api = _api()
+    existing = await _developer_endpoint(user.id, kind)
+    if existing is not None:
+        values: dict[str, object] = {"enabled": int(enabled)}
+        await api.repo.update_endpoint(user.id, "webhook", existing.id, values, wall_now())
+        await api.refresh_user(user.id)
+    return json_response({"status": "ok"})
+
+
+class DeveloperUrl(BaseModel):
+    """Omi's ``{"url": ...}``: ``""`` disables; ``audio_bytes`` takes ``"<url>,<seconds>"``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    url: str = Field(max_length=2100)
+
+
+class DeveloperAck(BaseModel):
+    """Omi's acknowledgement (lower-case, as ``backend/routers/users.py`` answers)."""
+
+    status: Literal["ok"]
+
+
+class DeveloperUrlOut(BaseModel):
+    """The URL of a developer webhook (``""`` if none)."""
+
+    url: str
+
+
+class DeveloperStatus(BaseModel):
+    """Whether each developer webhook type is registered and enabled."""
+
+    audio_bytes: bool
+    day_summary: bool
+    memory_created: bool
+    realtime_transcript: bool
+
+
+def _developer(**kwargs: Any) -> Callable[[_View], _View]:
+    return operation(auth="user", tags=["omi developer webhooks"], **kwargs)
+
+
+@blueprint.post("/users/developer/webhook/<wtype>")
+@_developer(body=DeveloperUrl, responses={200: DeveloperAck}, errors=[409, 422])
+async def set_developer_webhook(user: User, wtype: str, body: DeveloperUrl) -> Response:
+    """Omi: set the URL of the developer webhook of ``wtype`` (``""`` disables it)."""
+    return await _set_developer_webhook(user, wtype, body.url)
+
+
+@blueprint.get("/users/developer/webhook/<wtype>")
+@_developer(responses={200: DeveloperUrlOut}, errors=[422])
+async def get_developer_webhook(user: User, wtype: str) -> Response:
+    """Omi: the URL of the developer webhook of ``wtype``."""
+    return await _get_developer_webhook(user, wtype)
+
+
+@blueprint.post("/users/developer/webhook/<wtype>/disable")
+@_developer(responses={200: DeveloperAck}, errors=[422])
+async def disable_developer_webhook(user: User, wtype: str) -> Response:
+    """Omi: stop calling the developer webhook of ``wtype`` (its URL is kept)."""
+    return await _toggle_developer_webhook(user, wtype, False)
+
+
+@blueprint.post("/users/developer/webhook/<wtype>/enable")
+@_developer(responses={200: DeveloperAck}, errors=[422])
+async def enable_developer_webhook(user: User, wtype: str) -> Response:
+    """Omi: call the developer webhook of ``wtype`` again."""
+    return await _toggle_developer_webhook(user, wtype, True)
+
+
+@blueprint.get("/users/developer/webhooks/status")
+@_developer(responses={200: DeveloperStatus})
+async def developer_webhooks_status(user: User) -> Response:
+    """Omi: ``{kind: enabled}`` for the four developer webhook types."""
+    endpoints = await _api().repo.list_endpoints(user.id, "webhook")
+    enabled = {kind for e in endpoints if e.enabled for kind in e.kinds}
+    return json_response({kind: kind in enabled for kind in sorted(WEBHOOK_KINDS)})

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import pytest
 import trio
 from jsonschema import Draft202012Validator, FormatChecker
 from referencing import Registry, Resource
@@ -22,6 +23,7 @@ from server.serve import ServerHandle
 from server.store import SegmentRow
 from server.testing import Received, frames, open_listen, pcm
 from tests.conftest import auth, create_user_token
+from tests.fakes.receivers import open_receivers
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 #: The query Omi's app opens /v4/listen with (transcription_service.dart).
@@ -108,6 +110,7 @@ async def _seed(server: ServerHandle, user: str, now: float, **fields: object) -
     return conversation.id
 
 
+@pytest.mark.slow
 async def test_app_lists_force_processes_and_reads(
     server: ServerHandle, client: httpx.AsyncClient
 ) -> None:
@@ -284,3 +287,52 @@ async def test_generic_patch_keeps_structured_out(
             f"/v1/conversations/{cid}", json={field: {}}, headers=auth(token)
         )
     assert response.status_code == 422 and field in response.json()["error"]["message"]
+
+
+async def test_developer_webhook_routes_map_onto_registrations(
+    server: ServerHandle, client: httpx.AsyncClient
+) -> None:
+    """Omi's ``backend/routers/users.py`` developer-webhook routes, on /v1/webhooks rows."""
+    base = "/v1/users/developer/webhook"
+    with trio.fail_after(30):
+        token = await create_user_token(client, "alice")
+        h = auth(token)
+        async with open_receivers() as receivers:
+            memory_url, audio_url = receivers.url("/memory"), receivers.url("/audio")
+            before = (await client.get("/v1/users/developer/webhooks/status", headers=h)).json()
+            set_memory = await client.post(
+                f"{base}/memory_created", json={"url": memory_url}, headers=h
+            )
+            set_audio = await client.post(
+                f"{base}/audio_bytes", json={"url": f"{audio_url},10"}, headers=h
+            )
+            got_memory = (await client.get(f"{base}/memory_created", headers=h)).json()
+            got_audio = (await client.get(f"{base}/audio_bytes", headers=h)).json()
+            got_none = (await client.get(f"{base}/day_summary", headers=h)).json()
+            registered = (await client.get("/v1/webhooks", headers=h)).json()["webhooks"]
+            await _seed(server, "alice", 1_000.0, in_progress=True)
+            processed = await client.post("/v1/conversations", json={}, headers=h)
+            await receivers.wait_for_count("/memory", 1)
+            await client.post(f"{base}/audio_bytes/disable", headers=h)
+            after_disable = (
+                await client.get("/v1/users/developer/webhooks/status", headers=h)
+            ).json()
+            await client.post(f"{base}/audio_bytes/enable", headers=h)
+            await client.post(f"{base}/memory_created", json={"url": ""}, headers=h)
+            final = (await client.get("/v1/users/developer/webhooks/status", headers=h)).json()
+            bad = await client.post(f"{base}/nonsense", json={"url": memory_url}, headers=h)
+    assert before == dict.fromkeys(
+        ["audio_bytes", "day_summary", "memory_created", "realtime_transcript"], False
+    )
+    assert set_memory.json() == {"status": "ok"} and set_audio.status_code == 200
+    assert got_memory == {"url": memory_url} and got_audio == {"url": f"{audio_url},10"}
+    assert got_none == {"url": ""}
+    assert sorted((w["kind"], w["interval_s"]) for w in registered) == [
+        ("audio_bytes", 10.0),
+        ("memory_created", 5.0),
+    ]
+    delivered = json.loads(receivers.on("/memory")[0].body)
+    assert delivered["id"] == processed.json()["memory"]["id"]
+    assert after_disable["audio_bytes"] is False and after_disable["memory_created"] is True
+    assert final["audio_bytes"] is True and final["memory_created"] is False
+    assert bad.status_code == 422

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pathlib
 from collections.abc import Sequence
 
-import pytest
 import trio
 import trio.testing
 
@@ -121,18 +120,6 @@ async def test_a_cancelled_leader_finishes_its_batch_and_hands_over(
         leader_scope.cancel()
     assert runner.batches == [["leader"], ["follower"]]  # shielded, then handed over
     assert group.statistics().pending == 0
-
-
-async def test_a_batch_over_its_budget_fails_its_items_and_the_group_goes_on(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    runner = Runner(delay_s=100)
-    group = GroupCommit(runner, budget_s=5)
-    with pytest.raises(StoreUnavailableError, match="budget"):
-        await group.submit("slow")
-    runner.delay_s = 1
-    await group.submit("fast")
-    assert group.statistics().batches == 2
 
 
 async def test_a_full_queue_refuses_at_once(autojump_clock: trio.testing.MockClock) -> None:
