@@ -65,8 +65,14 @@ def _run_server(argv: Sequence[str]) -> int:
         print(f"python -m server: {exc}", file=sys.stderr)
         return EXIT_USAGE
     from server.logs import configure_logging
+    from server.supervisor import WORKER_ENV, WorkerTag, run_workers
 
-    configure_logging(settings.log_level, settings.log_format, secrets=_secrets(settings))
+    handler = configure_logging(settings.log_level, settings.log_format, secrets=_secrets(settings))
+    worker = os.environ.get(WORKER_ENV)
+    if worker is not None:
+        handler.addFilter(WorkerTag(worker))
+    if settings.workers > 1 and worker is None:
+        return run_workers(settings, argv)
     from server.serve import serve
 
     async def main() -> bool:

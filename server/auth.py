@@ -16,6 +16,8 @@ from typing import Final, Protocol, final
 
 import trio
 
+from server.clock import wall_now
+
 __all__ = [
     "TICKET_PREFIX",
     "RateLimiter",
@@ -27,8 +29,8 @@ __all__ = [
 
 #: Every ticket starts with this (so a token field can be told apart from an API token).
 TICKET_PREFIX: Final = "tk_"
-#: Most tickets outstanding at once; the oldest is forgotten beyond this (it simply expires early).
-MAX_TICKETS: Final = 10_000
+#: Longest string ever looked up as a ticket (real ones are 35 characters).
+MAX_TICKET_CHARS: Final = 200
 #: Most users whose rate-limit buckets are remembered; the least recently seen is forgotten.
 MAX_BUCKETS: Final = 10_000
 
@@ -53,18 +55,25 @@ def is_admin_token(token: str | None, admin_token: str | None) -> bool:
     return hmac.compare_digest(token.encode(), admin_token.encode())
 
 
-def _digest(ticket: str) -> bytes:
-    return hashlib.sha256(ticket.encode()).digest()
+def _digest(ticket: str) -> str:
+    return hashlib.sha256(ticket.encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
 class TicketBookStatistics:
     """Counters of a :class:`TicketBook`."""
 
-    outstanding: int
     issued: int
     redeemed: int
     rejected: int
+
+
+class _TicketStore(Protocol):
+    async def create_ticket(
+        self, ticket_hash: str, user_id: str, expires_at: float, now: float
+    ) -> None: ...
+
+    async def redeem_ticket(self, ticket_hash: str, now: float) -> str | None: ...
 
 
 @final
@@ -74,39 +83,43 @@ class TicketBook:
     A browser cannot set ``Authorization`` on a WebSocket upgrade, and putting the long-lived
     API token in a URL would leak it into logs (RFC 6750 §2.3). Instead it asks
     ``POST /v1/listen/tickets`` (with its token) for a ticket valid ``ttl_s`` seconds, used once.
-    Memory is bounded by :data:`MAX_TICKETS`.
+    Tickets live in the store (their SHA-256 only), so a ticket issued by one server process is
+    redeemable on any other, and only once across all of them.
+
+    Errors: the store's (``StoreError``, lane errors) pass through.
     """
 
-    def __init__(self, ttl_s: float) -> None:
+    def __init__(self, store: _TicketStore, ttl_s: float) -> None:
+        self._store = store
         self._ttl_s = ttl_s
-        self._tickets: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
         self._issued = 0
         self._redeemed = 0
         self._rejected = 0
 
-    def issue(self, user_id: str) -> tuple[str, float]:
+    async def issue(self, user_id: str) -> tuple[str, float]:
         """Return a new ticket for ``user_id`` and its lifetime in seconds."""
         ticket = TICKET_PREFIX + secrets.token_urlsafe(24)
-        self._tickets[_digest(ticket)] = (user_id, trio.current_time() + self._ttl_s)
-        while len(self._tickets) > MAX_TICKETS:
-            self._tickets.popitem(last=False)
+        now = wall_now()
+        await self._store.create_ticket(_digest(ticket), user_id, now + self._ttl_s, now)
         self._issued += 1
         return ticket, self._ttl_s
 
-    def redeem(self, ticket: str) -> str | None:
+    async def redeem(self, ticket: str) -> str | None:
         """Consume ``ticket``; return its user id, or ``None`` if unknown, used or expired."""
-        entry = self._tickets.pop(_digest(ticket), None)
-        if entry is None or entry[1] < trio.current_time():
+        user_id = None
+        if len(ticket) <= MAX_TICKET_CHARS:
+            user_id = await self._store.redeem_ticket(_digest(ticket), wall_now())
+        else:
+            await trio.lowlevel.checkpoint()
+        if user_id is None:
             self._rejected += 1
             return None
         self._redeemed += 1
-        return entry[0]
+        return user_id
 
     def statistics(self) -> TicketBookStatistics:
-        """A snapshot of the counters."""
-        return TicketBookStatistics(
-            len(self._tickets), self._issued, self._redeemed, self._rejected
-        )
+        """A snapshot of this process's counters."""
+        return TicketBookStatistics(self._issued, self._redeemed, self._rejected)
 
 
 @final

@@ -4,7 +4,8 @@
 :class:`Components` record::
 
     open_components                    (one AsyncExitStack; closed in reverse order)
-    ├── storage ThreadLane + store     SQLite through the storage lane
+    ├── storage ThreadLane + store     SQLite (or PostgreSQL: --database-url) through the lane
+    ├── node                           this process's heartbeat row (cluster-wide session caps)
     ├── HTTP lane "jwks" + refresher   only with --auth-jwks-url (JWT bearer tokens)
     ├── STT provider                   embedded workers, Deepgram client, or the fake
     ├── thread lane "summarise"        long transcripts for the embedded summariser
@@ -23,6 +24,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Final, TypedDict, Unpack
 
 import httpx
@@ -31,6 +33,7 @@ import trio
 from lanes import HttpLane, HttpLaneSettings, ThreadLane, open_http_lane
 from server.auth import RateLimiter, TicketBook
 from server.clock import wall_now
+from server.cluster import Node, open_node
 from server.context import AppContext
 from server.drain import Drain
 from server.identity import JwtAuth
@@ -140,6 +143,13 @@ class Components:
         await nursery.start(self.processing.run)
         await nursery.start(self.delivery.run)
         await nursery.start(self.day_summary.run)
+        settings = self.context.settings
+        if settings.database_url:  # other nodes change registrations too
+            await nursery.start(
+                partial(
+                    self.webhooks.reload_realtime, self.context.drain, settings.realtime_reload_s
+                )
+            )
 
 
 def webhook_lane_settings(settings: Settings) -> HttpLaneSettings:
@@ -174,6 +184,8 @@ async def open_components(
     stats: Stats = {}
     async with AsyncExitStack() as stack:
         store = await stack.enter_async_context(_open_store(settings, stats))
+        node = await stack.enter_async_context(open_node(store, settings))
+        stats["node"] = node.statistics
         jwt = await stack.enter_async_context(_open_jwt(settings, stats))
         provider = await stack.enter_async_context(
             _provider(settings, overrides.get("stt_provider"))
@@ -190,7 +202,9 @@ async def open_components(
         summariser = await _open_summariser(stack, settings, embedded, openai_transport, stats)
         nursery = await stack.enter_async_context(trio.open_nursery())
         stack.callback(nursery.cancel_scope.cancel)
-        parts = _Parts(settings, Drain(), store, provider, lane, summariser, embedded, stats, jwt)
+        parts = _Parts(
+            settings, Drain(), store, node, provider, lane, summariser, embedded, stats, jwt
+        )
         components = _assemble(
             parts, nursery, overrides.get("processing_config"), overrides.get("delivery_config")
         )
@@ -204,6 +218,7 @@ class _Parts:
     settings: Settings
     drain: Drain
     store: Store
+    node: Node
     provider: SttProvider
     lane: HttpLane
     summariser: Summariser
@@ -220,7 +235,13 @@ async def _open_store(settings: Settings, stats: Stats) -> AsyncIterator[Store]:
         max_waiting=settings.storage_max_waiting,
         abandon_on_cancel=True,
     )
-    async with open_sqlite_store(settings.data_dir / DB_FILENAME, lane=lane) as store:
+    if settings.database_url:
+        from server.store.postgres import open_postgres_store
+
+        opened = open_postgres_store(settings.database_url, lane=lane)
+    else:
+        opened = open_sqlite_store(settings.data_dir / DB_FILENAME, lane=lane)
+    async with opened as store:
         stats["storage"] = lane.statistics
         yield store
 
@@ -334,7 +355,8 @@ def _assemble(
         settings=settings,
         drain=drain,
         store=store,
-        tickets=TicketBook(settings.ticket_ttl_s),
+        tickets=TicketBook(store, settings.ticket_ttl_s),
+        node=parts.node,
         limiter=RateLimiter(settings.api_rate_per_s, settings.api_burst),
         sessions=registry,
         webhooks=webhooks,

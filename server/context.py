@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from server.auth import RateLimiter, TicketBook
+from server.cluster import Node
 from server.drain import Drain
 from server.identity import JwtAuth
 from server.listen.registry import SessionRegistry
@@ -30,7 +31,8 @@ class AppContext:
         settings: the run's settings.
         drain: shutdown coordination (readiness, deadline).
         store: the repository (SQLite by default).
-        tickets: single-use WebSocket tickets.
+        tickets: single-use WebSocket tickets (in the store: valid on every node).
+        node: this process in the cluster (heartbeat, per-user session caps across nodes).
         limiter: per-user API rate limits.
         sessions: the live ``/v4/listen`` sessions (admission, draining, pushes to users).
         webhooks: endpoints' storage and the nudges the webhook/app API needs.
@@ -45,6 +47,7 @@ class AppContext:
     drain: Drain
     store: Store
     tickets: TicketBook
+    node: Node
     limiter: RateLimiter
     sessions: SessionRegistry
     webhooks: WebhookApi

@@ -26,6 +26,7 @@ everything it opened is closed.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from dataclasses import dataclass
 from functools import partial
@@ -42,6 +43,7 @@ from server.context import AppContext
 from server.drain import Drain
 from server.guard import arm_watchdog, guard_asgi, make_guard, serve_guarded
 from server.settings import Settings
+from server.supervisor import WORKER_ENV, reuse_port_socket
 
 __all__ = ["ServerHandle", "serve"]
 
@@ -84,10 +86,20 @@ class ServerHandle:
         )
 
 
+def _process_info() -> dict[str, object]:
+    """Which process answered (``--workers``: the worker's index, else ``None``)."""
+    worker = os.environ.get(WORKER_ENV)
+    return {"pid": os.getpid(), "worker": int(worker) if worker else None}
+
+
 def _hypercorn_config(settings: Settings) -> Config:
     config = Config()
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     config.bind = [f"{host}:{settings.port}"]
+    if settings.workers > 1:
+        # One of ``--workers`` siblings: bind with SO_REUSEPORT so they share the port (the
+        # kernel spreads new connections over them); hypercorn takes the descriptor over.
+        config.bind = [f"fd://{reuse_port_socket(settings.host, settings.port).detach()}"]
     config.graceful_timeout = HYPERCORN_GRACE_S
     config.keep_alive_timeout = settings.http_keep_alive_s  # also bounds a slow request head
     config.websocket_max_message_size = settings.ws_max_message_bytes
@@ -163,6 +175,7 @@ async def _run_root(  # noqa: ASYNC128 -- task_status reaches started() in _run_
             daemons.start_soon(_watch_signals, ctx.drain, settings, daemons.cancel_scope)
         lag = LoopLagMonitor()
         ctx.stats["loop_lag"] = lag.statistics
+        ctx.stats["process"] = _process_info
         await daemons.start(lag.run)
         with trio.CancelScope() as work_scope:
             await _run_work(components, work_scope, task_status)

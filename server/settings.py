@@ -111,6 +111,17 @@ class Settings:
     # -- storage
     storage_threads: int = _setting(4, "threads in the storage lane")
     storage_max_waiting: int = _setting(256, "storage calls allowed to queue before 503")
+    database_url: str | None = _setting(
+        None, "PostgreSQL URL (postgresql://...) to use instead of SQLite in data_dir", secret=True
+    )
+    workers: int = _setting(1, "server processes sharing the port (> 1 needs --database-url)")
+    node_heartbeat_s: float = _setting(5.0, "how often this node marks itself alive in the store")
+    node_ttl_s: float = _setting(
+        30.0, "a node silent this long is dead; its sessions stop counting"
+    )
+    realtime_reload_s: float = _setting(
+        15.0, "with --database-url: how often realtime webhook registrations are reloaded"
+    )
     # -- listen sessions
     stt: str = _setting("embedded", "speech-to-text provider", choices=STT_PROVIDERS)
     vad: str = _setting("active", "voice activity gate before STT", choices=VAD_MODES)
@@ -156,6 +167,9 @@ class Settings:
         return f"Settings({inner})"
 
 
+_FIELDS: Final = {f.name: f for f in dataclasses.fields(Settings)}
+
+
 def _validate(s: Settings) -> None:
     checks: list[tuple[str, bool, str]] = [
         ("port", 0 <= s.port <= 65535, "must be between 0 and 65535"),
@@ -175,6 +189,20 @@ def _validate(s: Settings) -> None:
         ("api_burst", s.api_burst >= 1, "must be >= 1"),
         ("storage_threads", 1 <= s.storage_threads <= 64, "must be between 1 and 64"),
         ("storage_max_waiting", s.storage_max_waiting >= 0, "must be >= 0"),
+        (
+            "database_url",
+            s.database_url is None or s.database_url.startswith(("postgresql://", "postgres://")),
+            "must be a postgresql:// URL",
+        ),
+        ("workers", 1 <= s.workers <= 64, "must be between 1 and 64"),
+        (
+            "workers",
+            s.workers == 1 or s.database_url is not None,
+            "above 1 needs --database-url (PostgreSQL): SQLite is one process's database",
+        ),
+        ("node_heartbeat_s", s.node_heartbeat_s > 0, "must be > 0"),
+        ("realtime_reload_s", s.realtime_reload_s > 0, "must be > 0"),
+        ("node_ttl_s", s.node_ttl_s >= 2 * s.node_heartbeat_s, "must be >= 2 x node_heartbeat_s"),
         ("max_sessions", s.max_sessions >= 1, "must be >= 1"),
         ("max_sessions_per_user", s.max_sessions_per_user >= 1, "must be >= 1"),
         ("heartbeat_interval_s", s.heartbeat_interval_s > 0, "must be > 0"),
@@ -226,7 +254,10 @@ def _validate(s: Settings) -> None:
             checks.append((f.name, getattr(s, f.name) in choices, f"must be one of {_or(choices)}"))
     for name, ok, why in checks:
         if not ok:
-            raise SettingsError(f"invalid setting {name}: {why} (got {getattr(s, name)!r})")
+            secret = _FIELDS[name].metadata.get("secret")
+            value = getattr(s, name)
+            shown = "a hidden value" if secret and value is not None else repr(value)
+            raise SettingsError(f"invalid setting {name}: {why} (got {shown})")
 
 
 def _or(choices: Sequence[str]) -> str:

@@ -14,6 +14,9 @@ if TYPE_CHECKING:
     from server.serve import ServerHandle
     from server.settings import Settings
 
+#: A real PostgreSQL (pgserver) for the tests that ask for ``pg_url``, started once per session.
+pytest_plugins = ["tests.pg"]
+
 ADMIN_TOKEN = "test-admin-token"
 
 
@@ -33,6 +36,10 @@ def _make_settings(tmp_path: pathlib.Path) -> Callable[..., Settings]:
             "graceful_shutdown_s": 5.0,
             "day_summary_hour_utc": -1,
             "allow_loopback_webhooks": True,
+            # No node heartbeat within a test's few seconds unless it asks for one (a beat is
+            # one more concurrent store call, which can grow the connection pool mid-test).
+            "node_heartbeat_s": 60.0,
+            "node_ttl_s": 120.0,
         }
         values.update(overrides)
         return Settings(**values)

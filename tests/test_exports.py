@@ -24,10 +24,12 @@ ALLOWED: Mapping[str, Set[str]] = {
     "tokens_cli": {"store"},
     "webhooks": {"store"},
     "processing": {"store", "views", "webhooks"},
-    "listen": {"guard", "store", "stt", "views", "identity"},
+    "cluster": {"store"},
+    "supervisor": set(),
+    "listen": {"guard", "store", "stt", "views", "identity", "cluster"},
     "metrics": {"store", "listen"},
     "check": {"store"},
-    "context": {"store", "listen", "webhooks", "metrics", "identity"},
+    "context": {"store", "listen", "webhooks", "metrics", "identity", "cluster"},
     "routes": {
         "context",
         "guard",
@@ -51,9 +53,10 @@ ALLOWED: Mapping[str, Set[str]] = {
         "processing",
         "metrics",
         "identity",
+        "cluster",
     },
-    "serve": {"app", "compose", "context", "guard", "stt"},
-    "__main__": {"guard", "serve", "tokens_cli", "check"},
+    "serve": {"app", "compose", "context", "guard", "stt", "supervisor"},
+    "__main__": {"guard", "serve", "tokens_cli", "check", "supervisor"},
     "testing": {"serve"},
 }
 

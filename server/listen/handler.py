@@ -21,6 +21,7 @@ import trio
 from lanes import LaneError
 from server.auth import TICKET_PREFIX, TicketBook, bearer_token
 from server.clock import wall_now
+from server.cluster import CLEANUP_BUDGET_S, Node
 from server.drain import Drain
 from server.guard import mark_authenticated, mark_websocket
 from server.identity import AuthFailed, JwtAuth, authenticate_bearer
@@ -63,6 +64,8 @@ class ListenContext(Protocol):
     @property
     def tickets(self) -> TicketBook: ...
     @property
+    def node(self) -> Node: ...
+    @property
     def jwt(self) -> JwtAuth | None: ...
 
 
@@ -102,13 +105,13 @@ async def _authenticate(
         except AuthFailed as exc:
             raise _Refused(1008, exc.reason[:100]) from None
         return user.id
-    await trio.lowlevel.checkpoint()
     ticket = query.get("ticket")
     if ticket:
-        user_id = ctx.tickets.redeem(ticket)
+        user_id = await ctx.tickets.redeem(ticket)
         if user_id is None:
             raise _Refused(1008, "invalid, expired or already used ticket")
         return user_id
+    await trio.lowlevel.checkpoint()
     raise _Refused(1008, "missing Authorization: Bearer token (or ?ticket= for browsers)")
 
 
@@ -157,7 +160,7 @@ def _auth_token(message: str | bytes) -> str:
 async def _user_of_token(ctx: ListenContext, token: str) -> str:
     if token.startswith(TICKET_PREFIX):
         await trio.lowlevel.checkpoint()
-        user_id = ctx.tickets.redeem(token)
+        user_id = await ctx.tickets.redeem(token)
         if user_id is None:
             raise AuthFailed("invalid, expired or already used ticket")
         return user_id
@@ -242,7 +245,7 @@ async def _serve(ctx: ListenContext, deps: ListenDeps, ws: AsgiWebSocket) -> Non
             user_id = await _first_message_auth(ctx, ws)
         else:
             user_id = await _authenticate(ctx, headers, query)
-    except LaneError as exc:
+    except (LaneError, StoreError) as exc:
         raise _Refused(1013, "server busy; try again later") from exc
     mark_authenticated(ws.scope)
     mark_websocket(ws.scope)
@@ -256,15 +259,41 @@ async def _serve(ctx: ListenContext, deps: ListenDeps, ws: AsgiWebSocket) -> Non
     except AdmissionError as exc:
         raise _Refused(1001 if ctx.drain.draining else 1013, exc.reason) from exc
     try:
-        with log_context(
-            session_id=session.session_id,
-            user_id=user_id,
-            conversation_id=lambda: session.conversation_id,
-        ):
-            await _run_admitted(ctx, deps, ws, session, params)
+        await _admit_in_cluster(ctx, session)
+        try:
+            with log_context(
+                session_id=session.session_id,
+                user_id=user_id,
+                conversation_id=lambda: session.conversation_id,
+            ):
+                await _run_admitted(ctx, deps, ws, session, params)
+        finally:  # this node first (the sweeper's view), then the cluster: shielded, bounded
+            deps.registry.release(session)
+            with trio.CancelScope(shield=True), trio.move_on_after(CLEANUP_BUDGET_S):
+                await _release_in_cluster(ctx, session)
     finally:
         deps.registry.release(session)
         deps.hooks.on_session_end(user_id, session.session_id)
+
+
+async def _release_in_cluster(ctx: ListenContext, session: ListenSession) -> None:
+    """Forget the session in the store; a failure is logged (the node retries it later)."""
+    try:
+        await ctx.node.release(session.session_id)
+    except (LaneError, StoreError):
+        LOGGER.warning("listen: releasing the session in the store failed; retried later")
+        await trio.lowlevel.checkpoint()
+
+
+async def _admit_in_cluster(ctx: ListenContext, session: ListenSession) -> None:
+    """The per-user cap across every node sharing the store (see :mod:`server.cluster`)."""
+    try:
+        admitted = await ctx.node.admit(session.session_id, session.user_id)
+    except (LaneError, StoreError) as exc:
+        raise _Refused(1013, "storage busy; try again later") from exc
+    if not admitted:
+        limit = ctx.settings.max_sessions_per_user
+        raise _Refused(1013, f"too many live sessions for this user (limit {limit})")
 
 
 async def _run_admitted(

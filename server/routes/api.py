@@ -126,7 +126,7 @@ async def patch_conversation(user: User, conversation_id: str, body: dict[str, A
 @operation(auth="user", responses={201: Ticket}, headers={201: {"Cache-Control": "no-store"}})
 async def create_ticket(user: User) -> Response:
     """A short-lived, single-use ticket for browsers: ``/v4/listen?ticket=...``."""
-    ticket, ttl_s = ctx_of().tickets.issue(user.id)
+    ticket, ttl_s = await ctx_of().tickets.issue(user.id)
     return json_response({"ticket": ticket, "expires_in_s": ttl_s}, 201, _NO_STORE)
 
 

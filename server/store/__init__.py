@@ -5,6 +5,12 @@ Handlers depend on :class:`Store` (:mod:`server.store.protocol`); :func:`open_sq
 adding schema steps).
 """
 
+from server.store._db import (
+    DbConnection as DbConnection,
+    DbRow as DbRow,
+    is_postgres as is_postgres,
+    lock_clause as lock_clause,
+)
 from server.store._tx import new_id as new_id, write_transaction as write_transaction
 from server.store._validate import MAX_OFFSET as MAX_OFFSET
 from server.store.errors import (
@@ -55,6 +61,8 @@ __all__ = [
     "Conversation",
     "ConversationStatus",
     "DB_FILENAME",
+    "DbConnection",
+    "DbRow",
     "LATEST_VERSION",
     "MAX_OFFSET",
     "ListQuery",
@@ -77,6 +85,8 @@ __all__ = [
     "VISIBILITIES",
     "ValidationError",
     "apply_migrations",
+    "is_postgres",
+    "lock_clause",
     "new_id",
     "open_sqlite_store",
     "write_transaction",

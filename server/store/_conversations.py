@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Final
 
+from server.store._db import SKIP_LOCKED, DbConnection, DbRow, lock_clause, map_driver_error
 from server.store._paging import decode_cursor, encode_cursor
 from server.store._tx import new_id, read_transaction, write_transaction
-from server.store.errors import NotFoundError, StoreError, map_sqlite_error
+from server.store.errors import NotFoundError
 from server.store.models import (
     CloseOutcome,
     Conversation,
@@ -57,20 +57,20 @@ _UPSERT_SEGMENT: Final = (
 )
 
 
-def _segment(row: sqlite3.Row) -> SegmentRow:
+def _segment(row: DbRow) -> SegmentRow:
     values = {key: row[key] for key in row.keys()}
     values["is_user"] = bool(values["is_user"])
     return SegmentRow(**values)
 
 
-def _conversation(row: sqlite3.Row, segments: tuple[SegmentRow, ...] = ()) -> Conversation:
+def _conversation(row: DbRow, segments: tuple[SegmentRow, ...] = ()) -> Conversation:
     values = {key: row[key] for key in row.keys() if key != "structured_json"}
     values["starred"] = bool(values["starred"])
     values["discarded"] = bool(values["discarded"])
     return Conversation(**values, structured=json.loads(row["structured_json"]), segments=segments)
 
 
-def _segments(conn: sqlite3.Connection, conversation_id: str) -> tuple[SegmentRow, ...]:
+def _segments(conn: DbConnection, conversation_id: str) -> tuple[SegmentRow, ...]:
     rows = conn.execute(
         f"SELECT {_SEGMENT_COLUMNS} FROM transcript_segments WHERE conversation_id = ?"
         " ORDER BY idx, start_s, id",
@@ -79,9 +79,7 @@ def _segments(conn: sqlite3.Connection, conversation_id: str) -> tuple[SegmentRo
     return tuple(_segment(row) for row in rows)
 
 
-def _load(
-    conn: sqlite3.Connection, conversation_id: str, with_segments: bool
-) -> Conversation | None:
+def _load(conn: DbConnection, conversation_id: str, with_segments: bool) -> Conversation | None:
     row = conn.execute(
         f"SELECT {_COLUMNS} FROM conversations WHERE id = ?", (conversation_id,)
     ).fetchone()
@@ -93,7 +91,7 @@ def _load(
 # -- the live conversation ---------------------------------------------------------------------
 
 
-def get_in_progress(conn: sqlite3.Connection, user_id: str) -> Conversation | None:
+def get_in_progress(conn: DbConnection, user_id: str) -> Conversation | None:
     """The user's newest ``in_progress`` conversation, without segments."""
     row = conn.execute(
         f"SELECT {_COLUMNS} FROM conversations WHERE user_id = ? AND status = 'in_progress'"
@@ -104,7 +102,7 @@ def get_in_progress(conn: sqlite3.Connection, user_id: str) -> Conversation | No
 
 
 def create_conversation(
-    conn: sqlite3.Connection,
+    conn: DbConnection,
     user_id: str,
     source: str,
     language: str,
@@ -159,7 +157,7 @@ def _first_speech(upserts: Sequence[SegmentRow], finished_at: float) -> float | 
 
 
 def save_segments(
-    conn: sqlite3.Connection,
+    conn: DbConnection,
     conversation_id: str,
     upserts: Sequence[SegmentRow],
     removed_ids: Sequence[str],
@@ -176,7 +174,7 @@ SegmentWrite = tuple[str, Sequence[SegmentRow], Sequence[str], float, float | No
 
 
 def save_segments_batch(
-    conn: sqlite3.Connection, writes: Sequence[SegmentWrite]
+    conn: DbConnection, writes: Sequence[SegmentWrite]
 ) -> list[Exception | None]:
     """Many :func:`save_segments` in one transaction, each in a savepoint: one failing write
     (e.g. ``NotFoundError``) is rolled back alone; returns each write's error or ``None``."""
@@ -186,9 +184,12 @@ def save_segments_batch(
             conn.execute("SAVEPOINT segment_write")
             try:
                 _save_segments_in(conn, *write)
-            except (StoreError, sqlite3.Error) as exc:
+            except Exception as exc:
+                mapped = map_driver_error(exc)
+                if mapped is None:
+                    raise
                 conn.execute("ROLLBACK TO segment_write")
-                errors.append(map_sqlite_error(exc) if isinstance(exc, sqlite3.Error) else exc)
+                errors.append(mapped)
             else:
                 errors.append(None)
             conn.execute("RELEASE segment_write")
@@ -196,7 +197,7 @@ def save_segments_batch(
 
 
 def _save_segments_in(
-    conn: sqlite3.Connection,
+    conn: DbConnection,
     conversation_id: str,
     upserts: Sequence[SegmentRow],
     removed_ids: Sequence[str],
@@ -204,7 +205,9 @@ def _save_segments_in(
     started_at: float | None,
 ) -> None:
     first = started_at if started_at is not None else _first_speech(upserts, finished_at)
-    if not conn.execute("SELECT 1 FROM conversations WHERE id = ?", (conversation_id,)).fetchone():
+    if not conn.execute(
+        f"SELECT 1 FROM conversations WHERE id = ?{lock_clause(conn)}", (conversation_id,)
+    ).fetchone():
         raise NotFoundError(f"no conversation {conversation_id!r}")
     conn.executemany(_UPSERT_SEGMENT, [_segment_values(row) for row in upserts])
     conn.executemany(
@@ -219,11 +222,12 @@ def _save_segments_in(
     )
 
 
-def close_conversation(conn: sqlite3.Connection, conversation_id: str, now: float) -> CloseOutcome:
+def close_conversation(conn: DbConnection, conversation_id: str, now: float) -> CloseOutcome:
     """``in_progress`` -> ``processing`` (due now), or delete it if it has no segments."""
     with write_transaction(conn):
         row = conn.execute(
-            "SELECT status FROM conversations WHERE id = ?", (conversation_id,)
+            f"SELECT status FROM conversations WHERE id = ?{lock_clause(conn)}",
+            (conversation_id,),
         ).fetchone()
         if row is None:
             return "discarded"
@@ -244,9 +248,7 @@ def close_conversation(conn: sqlite3.Connection, conversation_id: str, now: floa
     return "processing"
 
 
-def find_expired_in_progress(
-    conn: sqlite3.Connection, now: float, limit: int
-) -> list[Conversation]:
+def find_expired_in_progress(conn: DbConnection, now: float, limit: int) -> list[Conversation]:
     """``in_progress`` conversations silent for ``timeout_s`` or more, longest-silent first."""
     rows = conn.execute(
         f"SELECT {_COLUMNS} FROM conversations WHERE status = 'in_progress'"
@@ -261,7 +263,7 @@ def find_expired_in_progress(
 
 
 def claim_for_processing(
-    conn: sqlite3.Connection, now: float, lease_s: float, limit: int
+    conn: DbConnection, now: float, lease_s: float, limit: int
 ) -> list[Conversation]:
     """Lease due ``processing`` conversations: push ``next_attempt_at`` out, count the attempt."""
     with write_transaction(conn):
@@ -269,7 +271,7 @@ def claim_for_processing(
             row["id"]
             for row in conn.execute(
                 "SELECT id FROM conversations WHERE status = 'processing' AND next_attempt_at <= ?"
-                " ORDER BY next_attempt_at, id LIMIT ?",
+                f" ORDER BY next_attempt_at, id LIMIT ?{lock_clause(conn, SKIP_LOCKED)}",
                 (now, limit),
             )
         ]
@@ -283,7 +285,7 @@ def claim_for_processing(
 
 
 def complete_conversation(
-    conn: sqlite3.Connection,
+    conn: DbConnection,
     conversation_id: str,
     structured_json: str,
     summary: SummaryFields,
@@ -315,9 +317,7 @@ def complete_conversation(
     return completed
 
 
-def fail_conversation(
-    conn: sqlite3.Connection, conversation_id: str, reason: str, now: float
-) -> bool:
+def fail_conversation(conn: DbConnection, conversation_id: str, reason: str, now: float) -> bool:
     """``processing`` -> ``failed``, keeping the reason."""
     with write_transaction(conn):
         cursor = conn.execute(
@@ -330,7 +330,7 @@ def fail_conversation(
 
 
 def reschedule_processing(
-    conn: sqlite3.Connection, conversation_id: str, next_attempt_at: float, reason: str
+    conn: DbConnection, conversation_id: str, next_attempt_at: float, reason: str
 ) -> bool:
     """Move a ``processing`` conversation's next attempt, noting the last failure."""
     with write_transaction(conn):
@@ -342,7 +342,7 @@ def reschedule_processing(
     return cursor.rowcount == 1
 
 
-def count_by_status(conn: sqlite3.Connection) -> dict[str, int]:
+def count_by_status(conn: DbConnection) -> dict[str, int]:
     """How many conversations are in each status (one scan; for metrics, not hot paths)."""
     rows = conn.execute("SELECT status, COUNT(*) AS n FROM conversations GROUP BY status")
     return {str(row["status"]): int(row["n"]) for row in rows}
@@ -352,7 +352,7 @@ def count_by_status(conn: sqlite3.Connection) -> dict[str, int]:
 
 
 def list_conversations(
-    conn: sqlite3.Connection, user_id: str, query: ListQuery, cursor: str | None, limit: int
+    conn: DbConnection, user_id: str, query: ListQuery, cursor: str | None, limit: int
 ) -> Page:
     """The user's conversations, newest first, ``limit`` per page (keyset on created_at, id).
 
@@ -397,7 +397,7 @@ def _list_clauses(user_id: str, query: ListQuery) -> tuple[list[str], list[objec
 
 
 def _segments_of(
-    conn: sqlite3.Connection, ids: Sequence[str], wanted: bool
+    conn: DbConnection, ids: Sequence[str], wanted: bool
 ) -> dict[str, tuple[SegmentRow, ...]]:
     """The segments of every conversation in ``ids`` (one query), in transcript order."""
     if not wanted or not ids:
@@ -415,7 +415,7 @@ def _segments_of(
 
 
 def get_conversation(
-    conn: sqlite3.Connection, user_id: str, conversation_id: str, with_segments: bool
+    conn: DbConnection, user_id: str, conversation_id: str, with_segments: bool
 ) -> Conversation | None:
     """One of the user's conversations (a consistent snapshot with its segments)."""
     with read_transaction(conn):
@@ -425,7 +425,7 @@ def get_conversation(
     return conversation
 
 
-def delete_conversation(conn: sqlite3.Connection, user_id: str, conversation_id: str) -> bool:
+def delete_conversation(conn: DbConnection, user_id: str, conversation_id: str) -> bool:
     """Delete one of the user's conversations; its segments cascade."""
     with write_transaction(conn):
         cursor = conn.execute(
@@ -435,7 +435,7 @@ def delete_conversation(conn: sqlite3.Connection, user_id: str, conversation_id:
 
 
 def update_conversation(
-    conn: sqlite3.Connection,
+    conn: DbConnection,
     user_id: str,
     conversation_id: str,
     values: Mapping[str, object],

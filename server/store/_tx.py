@@ -1,11 +1,12 @@
-"""Transaction helpers for the synchronous SQLite functions (run in storage-lane threads)."""
+"""Transaction helpers for the synchronous SQL functions (run in storage-lane threads)."""
 
 from __future__ import annotations
 
-import sqlite3
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from server.store._db import DbConnection
 
 __all__ = ["new_id", "read_transaction", "write_transaction"]
 
@@ -16,7 +17,7 @@ def new_id() -> str:
 
 
 @contextmanager
-def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+def write_transaction(conn: DbConnection) -> Iterator[DbConnection]:
     """``BEGIN IMMEDIATE`` ... ``COMMIT``; roll back on any exception.
 
     ``IMMEDIATE`` takes the write lock up front (waiting up to ``busy_timeout``), so a
@@ -32,7 +33,7 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 
 
 @contextmanager
-def read_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+def read_transaction(conn: DbConnection) -> Iterator[DbConnection]:
     """A deferred transaction: several reads see one snapshot (WAL readers never block)."""
     conn.execute("BEGIN")
     try:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import sqlite3
 from typing import Final
 
+from server.store._db import DbConnection, DbRow
 from server.store._tx import new_id, write_transaction
 from server.store.errors import ConflictError, NotFoundError
 from server.store.models import TokenInfo, User
@@ -49,15 +49,15 @@ def hash_token(raw_token: str) -> str:
     return hashlib.sha256(raw_token.encode()).hexdigest()
 
 
-def _user(row: sqlite3.Row) -> User:
+def _user(row: DbRow) -> User:
     return User(id=row["id"], name=row["name"], created_at=row["created_at"])
 
 
-def _token(row: sqlite3.Row) -> TokenInfo:
+def _token(row: DbRow) -> TokenInfo:
     return TokenInfo(**{key: row[key] for key in row.keys()})
 
 
-def create_user(conn: sqlite3.Connection, name: str, now: float) -> User:
+def create_user(conn: DbConnection, name: str, now: float) -> User:
     """Insert a user; ``ConflictError`` if the name is taken."""
     user = User(id=new_id(), name=name, created_at=now)
     with write_transaction(conn):
@@ -70,26 +70,24 @@ def create_user(conn: sqlite3.Connection, name: str, now: float) -> User:
     return user
 
 
-def get_user(conn: sqlite3.Connection, user_id: str) -> User | None:
+def get_user(conn: DbConnection, user_id: str) -> User | None:
     """The user with this id, or ``None``."""
     row = conn.execute("SELECT * FROM users WHERE id = ?", (user_id,)).fetchone()
     return _user(row) if row else None
 
 
-def get_user_by_name(conn: sqlite3.Connection, name: str) -> User | None:
+def get_user_by_name(conn: DbConnection, name: str) -> User | None:
     """The user with this name, or ``None``."""
     row = conn.execute("SELECT * FROM users WHERE name = ?", (name,)).fetchone()
     return _user(row) if row else None
 
 
-def list_users(conn: sqlite3.Connection) -> list[User]:
+def list_users(conn: DbConnection) -> list[User]:
     """Every user, by name."""
     return [_user(row) for row in conn.execute("SELECT * FROM users ORDER BY name")]
 
 
-def create_token(
-    conn: sqlite3.Connection, user_id: str, label: str, now: float
-) -> tuple[str, TokenInfo]:
+def create_token(conn: DbConnection, user_id: str, label: str, now: float) -> tuple[str, TokenInfo]:
     """Insert a token's hash; return the raw token and its info."""
     raw = TOKEN_PREFIX + secrets.token_urlsafe(TOKEN_RANDOM_BYTES)
     info = TokenInfo(new_id(), user_id, raw[:DISPLAY_PREFIX_CHARS], label, now, None, None)
@@ -104,7 +102,7 @@ def create_token(
     return raw, info
 
 
-def authenticate(conn: sqlite3.Connection, raw_token: str, now: float) -> User | None:
+def authenticate(conn: DbConnection, raw_token: str, now: float) -> User | None:
     """The owner of an unrevoked token; refreshes ``last_used_at`` once a minute at most."""
     if not raw_token.startswith(TOKEN_PREFIX) or len(raw_token) > MAX_TOKEN_CHARS:
         return None
@@ -126,7 +124,7 @@ def authenticate(conn: sqlite3.Connection, raw_token: str, now: float) -> User |
     return _user(row)
 
 
-def list_tokens(conn: sqlite3.Connection, user_id: str) -> list[TokenInfo]:
+def list_tokens(conn: DbConnection, user_id: str) -> list[TokenInfo]:
     """The user's tokens, oldest first (revoked ones included)."""
     rows = conn.execute(
         f"SELECT {_TOKEN_COLUMNS} FROM api_tokens WHERE user_id = ? ORDER BY created_at, id",
@@ -135,7 +133,7 @@ def list_tokens(conn: sqlite3.Connection, user_id: str) -> list[TokenInfo]:
     return [_token(row) for row in rows]
 
 
-def revoke_token(conn: sqlite3.Connection, user_id: str, token_id: str, now: float) -> bool:
+def revoke_token(conn: DbConnection, user_id: str, token_id: str, now: float) -> bool:
     """Revoke the user's token (idempotent); ``False`` if the user has no such token."""
     with write_transaction(conn):
         row = conn.execute(

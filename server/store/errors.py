@@ -1,8 +1,13 @@
-"""The storage error tree, and the one place where ``sqlite3`` errors are mapped onto it."""
+"""The storage error tree, and the one place where driver (``sqlite3``, ``psycopg``) errors are
+mapped onto it."""
 
 from __future__ import annotations
 
 import sqlite3
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import psycopg
 
 __all__ = [
     "ConflictError",
@@ -12,6 +17,7 @@ __all__ = [
     "StoreError",
     "StoreUnavailableError",
     "ValidationError",
+    "map_pg_error",
     "map_sqlite_error",
 ]
 
@@ -63,3 +69,14 @@ def map_sqlite_error(exc: sqlite3.Error) -> StoreError:
     if isinstance(exc, sqlite3.OperationalError):
         return StoreUnavailableError(f"database unavailable: {exc}")
     return StoreError(f"database error: {type(exc).__name__}: {exc}")
+
+
+def map_pg_error(exc: psycopg.Error) -> StoreError:
+    """Translate a ``psycopg`` exception into the store's error tree (``raise ... from exc``)."""
+    import psycopg.errors
+
+    if isinstance(exc, psycopg.errors.IntegrityError):
+        return ConflictError(f"constraint violated: {exc.sqlstate} {exc.diag.message_primary}")
+    if isinstance(exc, psycopg.OperationalError | psycopg.errors.QueryCanceled):
+        return StoreUnavailableError(f"database unavailable: {type(exc).__name__}")
+    return StoreError(f"database error: {type(exc).__name__}: {exc.diag.message_primary}")

@@ -1,6 +1,10 @@
 """Versioned schema migrations, applied in order at start, one transaction per step.
 
-The schema version lives in ``PRAGMA user_version`` (0 for an empty file). Each
+The same steps build both backends: each statement is written in SQLite's dialect and, on
+PostgreSQL, passed through :func:`server.store._pg.translate_ddl` (column types, ``WITHOUT
+ROWID``). The schema version lives in ``PRAGMA user_version`` on SQLite (0 for an empty file)
+and in the one-row table ``trioscribe_schema`` on PostgreSQL, where every step also holds a
+transaction-scoped advisory lock, so nodes starting together migrate once. Each
 :class:`Migration` moves the database from ``version - 1`` to ``version``; a database whose
 version is higher than the last step known here was written by a newer server and is refused
 with :class:`~server.store.errors.SchemaTooNewError` before any schema change.
@@ -21,6 +25,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from server.store._cluster import SQL_MIGRATION as _SQL_CLUSTER
+from server.store._db import DbConnection, is_postgres
 from server.store.errors import SchemaTooNewError, StoreError
 
 __all__ = ["LATEST_VERSION", "MIGRATIONS", "Migration", "apply_migrations", "schema_version"]
@@ -164,18 +170,51 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(2, "conversations_and_segments", _SQL_CONVERSATIONS),
     Migration(3, "webhooks_outbox_and_delivery_log", _SQL_WEBHOOKS),
     Migration(4, "webhook_delivery_mode", _SQL_DELIVERY_MODE),
+    Migration(5, "nodes_live_sessions_and_tickets", _SQL_CLUSTER),
 )
 
 LATEST_VERSION: Final = MIGRATIONS[-1].version
 
 
-def schema_version(conn: sqlite3.Connection) -> int:
-    """The database's schema version (``PRAGMA user_version``; 0 for a new file)."""
+_PG_VERSION_TABLE: Final = (
+    "CREATE TABLE IF NOT EXISTS trioscribe_schema (one INTEGER PRIMARY KEY CHECK (one = 1),"
+    " version INTEGER NOT NULL)"
+)
+#: Serialises migrating starters on PostgreSQL (per schema, so test schemas do not contend).
+_PG_LOCK: Final = (
+    "SELECT pg_advisory_xact_lock(hashtext('trioscribe.migrate.' || current_schema()))"
+)
+
+
+def schema_version(conn: DbConnection) -> int:
+    """The database's schema version (``PRAGMA user_version`` on SQLite; 0 for a new database)."""
+    if is_postgres(conn):
+        row = conn.execute("SELECT version FROM trioscribe_schema").fetchone()
+        return int(row[0]) if row else 0
     row = conn.execute("PRAGMA user_version").fetchone()
     return int(row[0])
 
 
-def apply_migrations(conn: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIONS) -> int:
+def _begin_exclusive(conn: DbConnection) -> None:
+    """Open a transaction that no other migrating starter runs concurrently with."""
+    conn.execute("BEGIN IMMEDIATE")
+    if is_postgres(conn):
+        conn.execute(_PG_LOCK)
+        conn.execute(_PG_VERSION_TABLE)
+
+
+def _set_version(conn: DbConnection, version: int) -> None:
+    if is_postgres(conn):
+        conn.execute(
+            "INSERT INTO trioscribe_schema (one, version) VALUES (1, ?)"
+            " ON CONFLICT (one) DO UPDATE SET version = excluded.version",
+            (version,),
+        )
+    else:
+        conn.execute(f"PRAGMA user_version = {int(version)}")
+
+
+def apply_migrations(conn: DbConnection, migrations: Sequence[Migration] = MIGRATIONS) -> int:
     """Bring the database up to the last of ``migrations``; return the resulting version.
 
     Idempotent and safe against a concurrent starter: each step re-reads the version inside its
@@ -188,12 +227,22 @@ def apply_migrations(conn: sqlite3.Connection, migrations: Sequence[Migration] =
     """
     _check_numbering(migrations)
     latest = migrations[-1].version if migrations else 0
-    found = schema_version(conn)
+    found = _read_version(conn)
     if found > latest:
         raise SchemaTooNewError(found, latest)
     for step in migrations[found:]:
         _apply_step(conn, step, latest)
     return schema_version(conn)
+
+
+def _read_version(conn: DbConnection) -> int:
+    if not is_postgres(conn):
+        return schema_version(conn)
+    _begin_exclusive(conn)  # creates the version table once, under the lock
+    try:
+        return schema_version(conn)
+    finally:
+        conn.commit()
 
 
 def _check_numbering(migrations: Sequence[Migration]) -> None:
@@ -204,20 +253,28 @@ def _check_numbering(migrations: Sequence[Migration]) -> None:
             )
 
 
-def _apply_step(conn: sqlite3.Connection, step: Migration, latest: int) -> None:
-    conn.execute("BEGIN IMMEDIATE")
+def _apply_step(conn: DbConnection, step: Migration, latest: int) -> None:
+    _begin_exclusive(conn)
     try:
         current = schema_version(conn)
         if current > latest:
             raise SchemaTooNewError(current, latest)
         if current < step.version:
             for statement in _statements(step.sql):
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {int(step.version)}")
+                conn.execute(_dialect_ddl(conn, statement))
+            _set_version(conn, step.version)
     except BaseException:
         conn.rollback()
         raise
     conn.commit()
+
+
+def _dialect_ddl(conn: DbConnection, statement: str) -> str:
+    if not is_postgres(conn):
+        return statement
+    from server.store._pg import translate_ddl
+
+    return translate_ddl(statement)
 
 
 def _statements(sql: str) -> Iterator[str]:

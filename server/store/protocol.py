@@ -12,10 +12,10 @@ Errors: :class:`~server.store.errors.StoreError` and its subclasses; the storage
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Protocol, TypeVar
 
+from server.store._db import DbConnection
 from server.store.models import (
     CloseOutcome,
     Conversation,
@@ -32,18 +32,18 @@ __all__ = ["CompletionHook", "Store", "TransactionHook"]
 RetT = TypeVar("RetT")
 
 #: Runs inside a store method's transaction, on the backend's connection, in the storage
-#: thread (for :class:`~server.store.sqlite.SqliteStore`: a ``sqlite3.Connection``). This is how
+#: thread (for :class:`~server.store.sqlite.SqliteStore`: a ``DbConnection``). This is how
 #: later work adds rows atomically with a state change (e.g. outbox rows with a completion).
-TransactionHook = Callable[[sqlite3.Connection], None]
+TransactionHook = Callable[[DbConnection], None]
 #: Runs inside :meth:`Store.complete_conversation`'s transaction with the completed conversation
 #: (segments included): the place to queue a ``memory_created`` outbox row atomically.
-CompletionHook = Callable[[sqlite3.Connection, Conversation], None]
+CompletionHook = Callable[[DbConnection, Conversation], None]
 
 
 class Store(Protocol):
     """Users, API tokens, conversations and their transcript segments."""
 
-    async def run_in_transaction(self, fn: Callable[[sqlite3.Connection], RetT]) -> RetT:
+    async def run_in_transaction(self, fn: Callable[[DbConnection], RetT]) -> RetT:
         """Run ``fn(conn)`` in one write transaction on the backend's connection (storage lane).
 
         How companion repositories (the webhook outbox) add operations of their own; backend
@@ -196,6 +196,47 @@ class Store(Protocol):
         now: float | None = None,
     ) -> Conversation | None:
         """Change user-editable fields; ``None`` if not the user's; ``ValidationError`` if bad."""
+        ...
+
+    # -- nodes, live sessions and tickets (shared by every server process) -----------------
+
+    async def register_node(self, node_id: str, now: float) -> None:
+        """Insert (or revive) a server process's row."""
+        ...
+
+    async def heartbeat_node(self, node_id: str, now: float, ttl_s: float) -> int:
+        """Refresh a node's heartbeat; delete nodes silent for ``ttl_s``; return how many."""
+        ...
+
+    async def remove_node(self, node_id: str) -> None:
+        """Delete a node and its live sessions (clean shutdown)."""
+        ...
+
+    async def open_live_session(
+        self,
+        session_id: str,
+        node_id: str,
+        user_id: str,
+        *,
+        max_per_user: int,
+        now: float,
+        ttl_s: float,
+    ) -> bool:
+        """Admit a session unless the user has ``max_per_user`` on live nodes (any node)."""
+        ...
+
+    async def close_live_session(self, session_id: str) -> None:
+        """Forget a live session (idempotent)."""
+        ...
+
+    async def create_ticket(
+        self, ticket_hash: str, user_id: str, expires_at: float, now: float
+    ) -> None:
+        """Store a single-use ticket's hash until ``expires_at``."""
+        ...
+
+    async def redeem_ticket(self, ticket_hash: str, now: float) -> str | None:
+        """Consume a ticket (once, cluster-wide): its user id, or ``None``."""
         ...
 
     def statistics(self) -> StoreStatistics:

@@ -17,16 +17,16 @@ Extension points for later steps (outbox, webhooks, apps):
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Final, TypeVar, TypeVarTuple, Unpack, final
+from typing import TYPE_CHECKING, Final, TypeVar, TypeVarTuple, Unpack, final
 
 import trio
 
 from lanes import LaneError, ThreadLane
-from server.store import _conversations as conv, _users as users
+from server.store import _cluster as cluster, _conversations as conv, _users as users
+from server.store._db import DbConnection
 from server.store._group import GroupCommit
 from server.store._pool import ConnectionPool
 from server.store._tx import write_transaction
@@ -51,6 +51,9 @@ from server.store.models import (
 )
 from server.store.protocol import CompletionHook
 
+if TYPE_CHECKING:
+    from server.store._pg import PgPool
+
 __all__ = ["DB_FILENAME", "DEFAULT_MAX_WAITING", "SqliteStore", "open_sqlite_store"]
 
 LOGGER = logging.getLogger(__name__)
@@ -69,18 +72,20 @@ ArgsT = TypeVarTuple("ArgsT")
 
 @final
 class SqliteStore:
-    """The :class:`~server.store.protocol.Store` on SQLite; made by :func:`open_sqlite_store`."""
+    """One class for both backends (named for the default): the pool decides. With a
+    :class:`~server.store._pg.PgPool` (:func:`server.store.postgres.open_postgres_store`) the
+    same methods and SQL run on PostgreSQL.
 
-    def __init__(self, lane: ThreadLane, pool: ConnectionPool) -> None:
+    The :class:`~server.store.protocol.Store` on SQLite; made by :func:`open_sqlite_store`."""
+
+    def __init__(self, lane: ThreadLane, pool: ConnectionPool | PgPool) -> None:
         self._lane = lane
         self._pool = pool
         self._calls = 0
         self._failed = 0
         self._segment_writes = GroupCommit(self._save_segments_batch)
 
-    async def _run(
-        self, fn: Callable[[sqlite3.Connection, Unpack[ArgsT]], RetT], *args: *ArgsT
-    ) -> RetT:
+    async def _run(self, fn: Callable[[DbConnection, Unpack[ArgsT]], RetT], *args: *ArgsT) -> RetT:
         self._calls += 1
         try:
             return await self._lane.run_sync(self._pool.run, fn, *args)
@@ -88,7 +93,7 @@ class SqliteStore:
             self._failed += 1
             raise
 
-    async def run_in_transaction(self, fn: Callable[[sqlite3.Connection], RetT]) -> RetT:
+    async def run_in_transaction(self, fn: Callable[[DbConnection], RetT]) -> RetT:
         """Run ``fn(conn)`` inside one write transaction, in the storage lane.
 
         The hook for SQLite-specific companions (e.g. an outbox repository); ``sqlite3`` errors
@@ -325,6 +330,49 @@ class SqliteStore:
         values = check_editable(fields)
         return await self._run(conv.update_conversation, user_id, conversation_id, values, now)
 
+    # -- nodes, live sessions and tickets (what several server processes share) -----------
+
+    async def register_node(self, node_id: str, now: float) -> None:
+        """Insert (or revive) a server process's row."""
+        await self._run(cluster.register_node, node_id, now)
+
+    async def heartbeat_node(self, node_id: str, now: float, ttl_s: float) -> int:
+        """Refresh a node's heartbeat; delete nodes silent for ``ttl_s``; return how many."""
+        return await self._run(cluster.heartbeat_node, node_id, now, ttl_s)
+
+    async def remove_node(self, node_id: str) -> None:
+        """Delete a node and its live sessions (clean shutdown)."""
+        await self._run(cluster.remove_node, node_id)
+
+    async def open_live_session(
+        self,
+        session_id: str,
+        node_id: str,
+        user_id: str,
+        *,
+        max_per_user: int,
+        now: float,
+        ttl_s: float,
+    ) -> bool:
+        """Admit a session unless the user has ``max_per_user`` on live nodes (any node)."""
+        return await self._run(
+            cluster.open_live_session, session_id, node_id, user_id, max_per_user, now, ttl_s
+        )
+
+    async def close_live_session(self, session_id: str) -> None:
+        """Forget a live session (idempotent)."""
+        await self._run(cluster.close_live_session, session_id)
+
+    async def create_ticket(
+        self, ticket_hash: str, user_id: str, expires_at: float, now: float
+    ) -> None:
+        """Store a single-use ticket's hash until ``expires_at``."""
+        await self._run(cluster.create_ticket, ticket_hash, user_id, expires_at, now)
+
+    async def redeem_ticket(self, ticket_hash: str, now: float) -> str | None:
+        """Consume a ticket (once, cluster-wide): its user id, or ``None``."""
+        return await self._run(cluster.redeem_ticket, ticket_hash, now)
+
     def statistics(self) -> StoreStatistics:
         """The lane's statistics and the store's counters."""
         return StoreStatistics(
@@ -337,7 +385,7 @@ class SqliteStore:
         )
 
 
-def _in_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], RetT]) -> RetT:
+def _in_transaction(conn: DbConnection, fn: Callable[[DbConnection], RetT]) -> RetT:
     with write_transaction(conn):
         return fn(conn)
 

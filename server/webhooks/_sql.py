@@ -8,12 +8,11 @@ of them compose into one atomic step.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Final, cast
 
-from server.store import new_id
+from server.store import DbConnection, DbRow, lock_clause, new_id
 from server.webhooks.models import (
     Attempt,
     Delivery,
@@ -56,6 +55,8 @@ _DELIVERY_COLUMNS: Final = (
     "id, endpoint_id, user_id, kind, message_id, status, attempts, next_attempt_at,"
     " last_status, last_error, created_at, updated_at, finished_at"
 )
+#: Concurrent claimers (other nodes) skip the deliveries another one is leasing (PostgreSQL).
+CLAIM_LOCK: Final = "FOR UPDATE OF d SKIP LOCKED"
 #: Columns a PATCH may change (names come from this allow-list only).
 UPDATABLE: Final = frozenset({"url", "interval_s", "enabled", "name", "kinds_json", "delivery"})
 
@@ -64,7 +65,7 @@ class LimitReachedError(Exception):
     """The user already has the most endpoints of this kind allowed."""
 
 
-def _endpoint(row: sqlite3.Row) -> Endpoint:
+def _endpoint(row: DbRow) -> Endpoint:
     return Endpoint(
         id=row["id"],
         user_id=row["user_id"],
@@ -84,7 +85,7 @@ def _endpoint(row: sqlite3.Row) -> Endpoint:
     )
 
 
-def _delivery(row: sqlite3.Row, log: tuple[Attempt, ...] = ()) -> Delivery:
+def _delivery(row: DbRow, log: tuple[Attempt, ...] = ()) -> Delivery:
     return Delivery(
         id=row["id"],
         endpoint_id=row["endpoint_id"],
@@ -106,7 +107,7 @@ def _delivery(row: sqlite3.Row, log: tuple[Attempt, ...] = ()) -> Delivery:
 # -- endpoints ---------------------------------------------------------------------------------
 
 
-def insert_endpoint(conn: sqlite3.Connection, endpoint: Endpoint, max_per_user: int) -> None:
+def insert_endpoint(conn: DbConnection, endpoint: Endpoint, max_per_user: int) -> None:
     """Insert ``endpoint`` unless its user already has ``max_per_user`` of its owner kind."""
     (count,) = conn.execute(
         "SELECT COUNT(*) FROM webhook_endpoints WHERE user_id = ? AND owner_kind = ?",
@@ -137,7 +138,7 @@ def insert_endpoint(conn: sqlite3.Connection, endpoint: Endpoint, max_per_user: 
     )
 
 
-def list_endpoints(conn: sqlite3.Connection, user_id: str, owner_kind: str) -> list[Endpoint]:
+def list_endpoints(conn: DbConnection, user_id: str, owner_kind: str) -> list[Endpoint]:
     """The user's endpoints of ``owner_kind``, oldest first."""
     rows = conn.execute(
         f"SELECT {_ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE user_id = ? AND owner_kind = ?"
@@ -148,7 +149,7 @@ def list_endpoints(conn: sqlite3.Connection, user_id: str, owner_kind: str) -> l
 
 
 def get_endpoint(
-    conn: sqlite3.Connection, user_id: str, owner_kind: str, endpoint_id: str
+    conn: DbConnection, user_id: str, owner_kind: str, endpoint_id: str
 ) -> Endpoint | None:
     """One of the user's endpoints, or ``None`` (also when it is another user's)."""
     row = conn.execute(
@@ -160,7 +161,7 @@ def get_endpoint(
 
 
 def update_endpoint(
-    conn: sqlite3.Connection,
+    conn: DbConnection,
     user_id: str,
     owner_kind: str,
     endpoint_id: str,
@@ -171,7 +172,9 @@ def update_endpoint(
     assert set(values) <= UPDATABLE
     assignments = [f"{name} = :{name}" for name in values] + ["updated_at = :now"]
     if values.get("enabled") is not None:
-        assignments.append("disabled_reason = CASE WHEN :enabled THEN NULL ELSE 'disabled' END")
+        assignments.append(
+            "disabled_reason = CASE WHEN :enabled <> 0 THEN NULL ELSE 'disabled' END"
+        )
     conn.execute(
         f"UPDATE webhook_endpoints SET {', '.join(assignments)}"
         " WHERE id = :id AND user_id = :user_id AND owner_kind = :owner_kind",
@@ -180,9 +183,7 @@ def update_endpoint(
     return get_endpoint(conn, user_id, owner_kind, endpoint_id)
 
 
-def delete_endpoint(
-    conn: sqlite3.Connection, user_id: str, owner_kind: str, endpoint_id: str
-) -> bool:
+def delete_endpoint(conn: DbConnection, user_id: str, owner_kind: str, endpoint_id: str) -> bool:
     """Delete an endpoint with its queued deliveries and log."""
     cursor = conn.execute(
         "DELETE FROM webhook_endpoints WHERE id = ? AND user_id = ? AND owner_kind = ?",
@@ -192,7 +193,7 @@ def delete_endpoint(
 
 
 def rotate_secret(
-    conn: sqlite3.Connection,
+    conn: DbConnection,
     user_id: str,
     owner_kind: str,
     endpoint_id: str,
@@ -209,7 +210,7 @@ def rotate_secret(
     return get_endpoint(conn, user_id, owner_kind, endpoint_id)
 
 
-def disable_endpoint(conn: sqlite3.Connection, endpoint_id: str, reason: str, now: float) -> bool:
+def disable_endpoint(conn: DbConnection, endpoint_id: str, reason: str, now: float) -> bool:
     """Disable an endpoint (e.g. it answered 410 Gone)."""
     cursor = conn.execute(
         "UPDATE webhook_endpoints SET enabled = 0, disabled_reason = ?, updated_at = ?"
@@ -219,7 +220,7 @@ def disable_endpoint(conn: sqlite3.Connection, endpoint_id: str, reason: str, no
     return cursor.rowcount == 1
 
 
-def realtime_endpoints(conn: sqlite3.Connection, user_id: str | None) -> list[Endpoint]:
+def realtime_endpoints(conn: DbConnection, user_id: str | None) -> list[Endpoint]:
     """Enabled endpoints with a realtime kind (of one user, or of everyone)."""
     clause = "" if user_id is None else " AND user_id = :user"
     rows = conn.execute(
@@ -231,7 +232,7 @@ def realtime_endpoints(conn: sqlite3.Connection, user_id: str | None) -> list[En
     return [_endpoint(row) for row in rows]
 
 
-def day_summary_users(conn: sqlite3.Connection) -> list[str]:
+def day_summary_users(conn: DbConnection) -> list[str]:
     """Users with at least one enabled ``day_summary`` endpoint."""
     rows = conn.execute(
         "SELECT DISTINCT user_id FROM webhook_endpoints WHERE enabled = 1"
@@ -245,7 +246,7 @@ def day_summary_users(conn: sqlite3.Connection) -> list[str]:
 
 
 def enqueue(
-    conn: sqlite3.Connection,
+    conn: DbConnection,
     user_id: str,
     kind: str,
     payload: bytes,
@@ -288,9 +289,7 @@ def enqueue(
     return queued
 
 
-def claim_due(
-    conn: sqlite3.Connection, now: float, lease_s: float, limit: int
-) -> list[DueDelivery]:
+def claim_due(conn: DbConnection, now: float, lease_s: float, limit: int) -> list[DueDelivery]:
     """Lease up to ``limit`` due deliveries: push ``next_attempt_at`` out, count the attempt.
 
     Deliveries whose endpoint is disabled are failed instead of claimed. A worker that dies
@@ -301,14 +300,14 @@ def claim_due(
         " e.enabled AS endpoint_enabled FROM webhook_deliveries d"
         " JOIN webhook_endpoints e ON e.id = d.endpoint_id"
         " WHERE d.status = 'pending' AND d.next_attempt_at <= ?"
-        " ORDER BY d.next_attempt_at, d.id LIMIT ?",
+        f" ORDER BY d.next_attempt_at, d.id LIMIT ?{lock_clause(conn, CLAIM_LOCK)}",
         (now, limit),
     ).fetchall()
     return _lease(conn, rows, now, lease_s)
 
 
 def claim_message(
-    conn: sqlite3.Connection, message_id: str, now: float, lease_s: float
+    conn: DbConnection, message_id: str, now: float, lease_s: float
 ) -> list[DueDelivery]:
     """Lease the pending deliveries of one message to apps with ``delivery = 'once'``, due or not.
 
@@ -320,15 +319,14 @@ def claim_message(
         " e.enabled AS endpoint_enabled FROM webhook_deliveries d"
         " JOIN webhook_endpoints e ON e.id = d.endpoint_id"
         " WHERE d.message_id = ? AND d.status = 'pending' AND d.attempts = 0"
-        " AND e.owner_kind = 'app' AND e.delivery = 'once' ORDER BY d.id",
+        " AND e.owner_kind = 'app' AND e.delivery = 'once'"
+        f" ORDER BY d.id{lock_clause(conn, CLAIM_LOCK)}",
         (message_id,),
     ).fetchall()
     return _lease(conn, rows, now, lease_s)
 
 
-def _lease(
-    conn: sqlite3.Connection, rows: list[sqlite3.Row], now: float, lease_s: float
-) -> list[DueDelivery]:
+def _lease(conn: DbConnection, rows: list[DbRow], now: float, lease_s: float) -> list[DueDelivery]:
     claimed: list[DueDelivery] = []
     for row in rows:
         if not row["endpoint_enabled"]:
@@ -356,7 +354,7 @@ def _replace_attempts(delivery: Delivery, attempts: int, lease_until: float) -> 
 
 
 def record_attempt(
-    conn: sqlite3.Connection,
+    conn: DbConnection,
     delivery_id: str,
     attempt: Attempt,
     *,
@@ -369,8 +367,10 @@ def record_attempt(
     ``disable_reason`` also disables the delivery's endpoint (410 Gone).
     """
     conn.execute(
-        "INSERT OR REPLACE INTO webhook_attempts"
-        " (delivery_id, attempt, started_at, duration_s, status, error) VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO webhook_attempts"
+        " (delivery_id, attempt, started_at, duration_s, status, error) VALUES (?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (delivery_id, attempt) DO UPDATE SET started_at = excluded.started_at,"
+        " duration_s = excluded.duration_s, status = excluded.status, error = excluded.error",
         (delivery_id, attempt.attempt, attempt.started_at, attempt.duration_s, attempt.status,
          attempt.error),
     )  # fmt: skip
@@ -392,7 +392,7 @@ def record_attempt(
 
 
 def _finish(
-    conn: sqlite3.Connection,
+    conn: DbConnection,
     delivery_id: str,
     status: str,
     now: float,
@@ -406,7 +406,7 @@ def _finish(
     )
 
 
-def next_due(conn: sqlite3.Connection) -> float | None:
+def next_due(conn: DbConnection) -> float | None:
     """When the earliest pending delivery is due (or its lease ends), or ``None``."""
     (due,) = conn.execute(
         "SELECT MIN(next_attempt_at) FROM webhook_deliveries WHERE status = 'pending'"
@@ -414,7 +414,7 @@ def next_due(conn: sqlite3.Connection) -> float | None:
     return None if due is None else float(due)
 
 
-def count_pending(conn: sqlite3.Connection) -> int:
+def count_pending(conn: DbConnection) -> int:
     """Deliveries not yet delivered or given up."""
     (count,) = conn.execute(
         "SELECT COUNT(*) FROM webhook_deliveries WHERE status = 'pending'"
@@ -426,7 +426,7 @@ def count_pending(conn: sqlite3.Connection) -> int:
 
 
 def list_deliveries(
-    conn: sqlite3.Connection, user_id: str, owner_kind: str, endpoint_id: str, limit: int
+    conn: DbConnection, user_id: str, owner_kind: str, endpoint_id: str, limit: int
 ) -> list[Delivery] | None:
     """The endpoint's newest deliveries with their attempts; ``None`` if not the user's."""
     if get_endpoint(conn, user_id, owner_kind, endpoint_id) is None:
@@ -439,7 +439,7 @@ def list_deliveries(
     return [_delivery(row, _attempts(conn, row["id"])) for row in rows]
 
 
-def _attempts(conn: sqlite3.Connection, delivery_id: str) -> tuple[Attempt, ...]:
+def _attempts(conn: DbConnection, delivery_id: str) -> tuple[Attempt, ...]:
     rows = conn.execute(
         "SELECT attempt, started_at, duration_s, status, error FROM webhook_attempts"
         " WHERE delivery_id = ? ORDER BY attempt",
@@ -449,7 +449,7 @@ def _attempts(conn: sqlite3.Connection, delivery_id: str) -> tuple[Attempt, ...]
 
 
 def redeliver(
-    conn: sqlite3.Connection,
+    conn: DbConnection,
     user_id: str,
     owner_kind: str,
     endpoint_id: str,
@@ -480,7 +480,7 @@ def redeliver(
     return _delivery(created)
 
 
-def get_delivery(conn: sqlite3.Connection, delivery_id: str) -> Delivery | None:
+def get_delivery(conn: DbConnection, delivery_id: str) -> Delivery | None:
     """One delivery with its attempt log (tests, workers)."""
     row = conn.execute(
         f"SELECT {_DELIVERY_COLUMNS} FROM webhook_deliveries WHERE id = ?", (delivery_id,)
@@ -488,7 +488,7 @@ def get_delivery(conn: sqlite3.Connection, delivery_id: str) -> Delivery | None:
     return _delivery(row, _attempts(conn, delivery_id)) if row else None
 
 
-def all_deliveries(conn: sqlite3.Connection, user_id: str) -> list[Delivery]:
+def all_deliveries(conn: DbConnection, user_id: str) -> list[Delivery]:
     """Every delivery of a user, oldest first, with attempts (tests and diagnostics)."""
     rows = conn.execute(
         f"SELECT {_DELIVERY_COLUMNS} FROM webhook_deliveries WHERE user_id = ?"

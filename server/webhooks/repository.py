@@ -8,11 +8,10 @@ conversation's completion is written by :func:`outbox_hook`, passed as ``extra=`
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Mapping
 from typing import Concatenate, Final, ParamSpec, TypeVar, final
 
-from server.store import CompletionHook, Conversation, Store
+from server.store import CompletionHook, Conversation, DbConnection, Store
 from server.webhooks import _sql
 from server.webhooks._sql import LimitReachedError
 from server.webhooks.models import Attempt, Delivery, DeliveryStatus, DueDelivery, Endpoint
@@ -44,7 +43,7 @@ def outbox_hook(
     ``once`` apps' deliveries itself (see :func:`server.webhooks._sql.enqueue`).
     """
 
-    def hook(conn: sqlite3.Connection, completed: Conversation) -> None:
+    def hook(conn: DbConnection, completed: Conversation) -> None:
         payload = render(completed)
         _sql.enqueue(
             conn,
@@ -70,11 +69,11 @@ class WebhookRepository:
 
     async def _run(
         self,
-        fn: Callable[Concatenate[sqlite3.Connection, ArgsP], RetT],
+        fn: Callable[Concatenate[DbConnection, ArgsP], RetT],
         *args: ArgsP.args,
         **kwargs: ArgsP.kwargs,
     ) -> RetT:
-        def call(conn: sqlite3.Connection) -> RetT:
+        def call(conn: DbConnection) -> RetT:
             return fn(conn, *args, **kwargs)
 
         return await self._store.run_in_transaction(call)

@@ -35,6 +35,7 @@ from server.store import (
     ValidationError,
     open_sqlite_store,
 )
+from server.store.postgres import open_postgres_store
 from tests.helpers import wait_until
 
 T0 = 1_700_000_000.0
@@ -45,15 +46,23 @@ def _db_path(tmp_path: Path) -> Path:
     return tmp_path / "nested" / "dir" / "store.db"
 
 
-#: Every backend the contract tests run against: name -> opener of a fresh store at a path.
-STORE_BACKENDS: dict[str, Callable[[Path], AbstractAsyncContextManager[Store]]] = {
-    "sqlite": open_sqlite_store,
+def _open_postgresql(request: pytest.FixtureRequest, _: Path) -> AbstractAsyncContextManager[Store]:
+    """A store on the session's real PostgreSQL (``tests/pg.py``), in a schema of its own."""
+    return open_postgres_store(request.getfixturevalue("pg_url"))
+
+
+#: Every backend the contract tests run against: name -> opener of a fresh, empty store.
+STORE_BACKENDS: dict[
+    str, Callable[[pytest.FixtureRequest, Path], AbstractAsyncContextManager[Store]]
+] = {
+    "sqlite": lambda _, path: open_sqlite_store(path),
+    "postgresql": _open_postgresql,
 }
 
 
 @pytest.fixture(name="store", params=sorted(STORE_BACKENDS))
 async def _store(request: pytest.FixtureRequest, db_path: Path) -> AsyncIterator[Store]:
-    async with STORE_BACKENDS[request.param](db_path) as store:
+    async with STORE_BACKENDS[request.param](request, db_path) as store:
         yield store
 
 

@@ -1,0 +1,96 @@
+"""The PostgreSQL backend: :func:`open_postgres_store`, selected by ``--database-url``.
+
+The same store class, SQL and migrations as the SQLite default (see :mod:`server.store._pg` for
+how the shared SQL is translated); only the connection pool differs. ``psycopg`` is a blocking
+driver, so every call still goes through the storage :class:`~lanes.ThreadLane`, and the pool
+holds at most one connection per lane thread.
+
+Several server processes (``--workers``, or nodes on several machines) may share one database:
+the migrations take an advisory lock, lease claims use ``FOR UPDATE SKIP LOCKED``, and every
+state change is a conditional update inside one transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Final
+from urllib.parse import urlsplit
+
+import trio
+
+from lanes import LaneError, ThreadLane
+from server.store._pg import PgPool
+from server.store.errors import StoreError
+from server.store.migrations import MIGRATIONS, apply_migrations
+from server.store.sqlite import SqliteStore
+
+__all__ = ["CONNECT_TIMEOUT_S", "URL_SCHEMES", "open_postgres_store", "redact_url"]
+
+LOGGER = logging.getLogger(__name__)
+
+#: How long the start waits for the first database connection.
+CONNECT_TIMEOUT_S: Final = 15.0
+#: Shielded budget for closing the pool (and the store's own lane) on exit.
+CLOSE_BUDGET_S: Final = 10.0
+#: URL schemes :func:`open_postgres_store` accepts.
+URL_SCHEMES: Final = ("postgresql", "postgres")
+DEFAULT_MAX_WAITING: Final = 1000
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password (safe to log)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def _prepare(pool: PgPool) -> int:
+    pool.open(CONNECT_TIMEOUT_S)
+    return pool.run(apply_migrations, MIGRATIONS)
+
+
+@asynccontextmanager
+async def open_postgres_store(
+    url: str, *, lane: ThreadLane | None = None, threads: int = 4
+) -> AsyncIterator[SqliteStore]:
+    """Connect to ``url``, migrate the schema, yield the store; close the pool on exit.
+
+    Args:
+        url: ``postgresql://user:password@host:port/db?...`` (libpq URL).
+        lane: the storage lane every call goes through (stays the caller's); ``None``: the
+            store makes and closes its own lane of ``threads`` threads.
+        threads: the size of the store's own lane when ``lane`` is ``None``.
+
+    Raises:
+        StoreUnavailableError: the database cannot be reached within ``CONNECT_TIMEOUT_S``.
+        SchemaTooNewError: the database was migrated by a newer server.
+    """
+    if urlsplit(url).scheme not in URL_SCHEMES:
+        raise StoreError(f"not a PostgreSQL URL: {redact_url(url)}")
+    own_lane = lane is None
+    lane = lane or ThreadLane("storage", threads, max_waiting=DEFAULT_MAX_WAITING)
+    pool = PgPool(url, lane.statistics().capacity + 2)  # + threads a cancelled call left
+    try:
+        version = await lane.run_sync(_prepare, pool)
+        LOGGER.info("store open: %s (schema version %d)", redact_url(url), version)
+        yield SqliteStore(lane, pool)
+    finally:
+        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_BUDGET_S) as budget:
+            await _close(lane, pool, own_lane)
+        if budget.cancelled_caught:
+            LOGGER.warning("closing the store took over %.0f s; gave up waiting", CLOSE_BUDGET_S)
+
+
+async def _close(lane: ThreadLane, pool: PgPool, own_lane: bool) -> None:
+    try:
+        await lane.run_sync(pool.close)
+    except LaneError:
+        fallback = ThreadLane("storage-close", 1)
+        await fallback.run_sync(pool.close)
+        await fallback.aclose()
+    if own_lane:
+        await lane.aclose()
