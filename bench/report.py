@@ -48,8 +48,8 @@ def _p1_rows(d: Mapping[str, Any]) -> list[Row]:
     return [
         ("P1", "max sessions, p99 frame->segment < 1 s", *_pair(d, "max_sessions_p99_1s"),
          "higher"),
-        ("P1", "server CPU-s per session-second (common load)",
-         *_pair(d, "cpu", "server_cpu_per_session_s"), "lower"),
+        ("P1", "server CPU-ms per session-second (common load)",
+         *_pair(d, "cpu", "server_cpu_per_session_s", scale=1000), "lower"),
         ("P1", "max sessions, p99 < 500 ms", *_pair(d, "max_sessions_p99_500ms"), "higher"),
         ("P1", "max sessions, p99 < 200 ms (1)", *_pair(d, "max_sessions_p99_200ms"), "higher"),
         ("P1", "load generator late frames (all steps)", *_pair(d, "generator_late_frames"),

@@ -90,7 +90,7 @@ def test_report_from_a_tiny_fixture(tmp_path: Path) -> None:
     assert set(load_results(tmp_path)) == {"P1", "P3"}
     text = write_report(tmp_path)
     assert "| P1 | max sessions, p99 frame->segment < 1 s | 20 | 10 | 2.00x |" in text
-    assert "| P1 | server CPU-s per session-second (common load) | 0.01 | 0.02 | 0.50x |" in text
+    assert "| P1 | server CPU-ms per session-second (common load) | 10 | 20 | 0.50x |" in text
     assert "- P1 baseline: generator-bound at [20] sessions" in text
     assert "| P3 | time from SIGTERM to exit, s | 1 | 0.50 | 2.00x | lower |" in text
     assert "Not run (no JSON): P2, P4, STT." in text
