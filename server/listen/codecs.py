@@ -217,20 +217,7 @@ class PcmDecoder(_Counters):
 
 
 class OpusDecoder(_Counters):
-    """``aac``
-        AAC-LC in ADTS framing (the self-describing stream form): a frame carries one or more
-        ADTS frames, or a part of one (FFmpeg's parser, through PyAV, reassembles them). Decoded by
-        FFmpeg's AAC decoder and resampled to PCM16 mono at ``sample_rate`` (the stream's own rate
-        comes from its headers). PyAV is imported on the first ``aac`` session only (~0.3 s).
-        ~1 ms of CPU per 64 ms frame at 16 kHz (measured), inline like Opus.
-    ``lc3_fs1030``
-        The Friend pendant's LC3: 10 ms frames of 30 bytes (Omi's ``transcribe.py``:
-        ``lc3_chunk_size = 30``, ``lc3_frame_duration_us = 10000``), decoded by liblc3 (``lc3py``)
-        at ``sample_rate``. A message may hold one frame or several of 30 bytes each; a message of
-        another length is decoded as one frame (LC3 frames may be 20..400 bytes). liblc3 conceals a
-        corrupt frame (it returns silence-like output) rather than failing; only an invalid frame
-        size is a :class:`BadFrameError`.
-    ``opus`` / ``opus_fs320``: one libopus decoder per stream (it keeps state)."""
+    """``opus`` / ``opus_fs320``: one libopus decoder per stream (it keeps state)."""
 
     __slots__ = ("_buffer", "_decoder", "_max_samples", "_pointer", "codec", "sample_rate")
 
