@@ -38,10 +38,9 @@ from server.context import AppContext
 from server.drain import Drain
 from server.identity import JwtAuth
 from server.jwt_auth import JwtSettings, open_jwt_verifier
-from server.listen.handler import ListenDeps, make_listen_handler
+from server.listen.handler import ListenDeps, ListenHandler, make_listen_handler
 from server.listen.registry import SessionRegistry
 from server.listen.sweeper import Sweeper
-from server.listen.wire import AsgiApp
 from server.metrics import ServerMetrics
 from server.processing.day_summary import DaySummaryScheduler
 from server.processing.summarise import Summariser
@@ -103,7 +102,8 @@ class Components:
 
     Attributes:
         context: what request handlers share (settings, drain, store, sessions, webhooks, ...).
-        listen_handler: the raw-ASGI ``/v4/listen`` handler.
+        listen_handler: the ``/v4/listen`` handler (a raw-ASGI app; ``serve`` for the fast
+            transport).
         registry: the live listen sessions.
         provider: the STT provider.
         hooks: the realtime dispatcher listen sessions feed (never blocks).
@@ -116,7 +116,7 @@ class Components:
     """
 
     context: AppContext
-    listen_handler: AsgiApp
+    listen_handler: ListenHandler
     registry: SessionRegistry
     provider: SttProvider
     hooks: RealtimeDispatcher

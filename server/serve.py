@@ -37,11 +37,12 @@ import trio
 from hypercorn.config import Config
 
 from lanes import LoopLagMonitor
-from server.app import create_app
+from server.app import LISTEN_PATHS, create_app
 from server.compose import Components, Overrides, open_components
 from server.context import AppContext
 from server.drain import Drain
-from server.guard import arm_watchdog, guard_asgi, make_guard, serve_guarded
+from server.guard import Takeover, arm_watchdog, guard_asgi, make_guard, serve_guarded
+from server.listen.fastws import serve_websocket
 from server.settings import Settings
 from server.supervisor import WORKER_ENV, reuse_port_socket
 
@@ -107,6 +108,20 @@ def _hypercorn_config(settings: Settings) -> Config:
     config.errorlog = logging.getLogger("hypercorn.error")
     config.include_server_header = False
     return config
+
+
+def _listen_takeover(components: Components) -> Takeover | None:
+    """``--listen-transport fast``: ``/v4/listen`` upgrades bypass hypercorn (see
+    :mod:`server.listen.fastws`); ``hypercorn``: everything goes through hypercorn."""
+    settings = components.context.settings
+    if settings.listen_transport != "fast":
+        return None
+    serve = partial(
+        serve_websocket,
+        app=components.listen_handler.serve,
+        max_message_bytes=settings.ws_max_message_bytes,
+    )
+    return Takeover(LISTEN_PATHS, serve)
 
 
 async def _watch_signals(drain: Drain, settings: Settings, root: trio.CancelScope) -> None:
@@ -200,7 +215,14 @@ async def _run_work(
         # hypercorn types the app with its TypedDict scopes; ours takes the same dicts.
         asgi = cast(hypercorn.typing.Framework, app)
         binds = await work.start(
-            partial(serve_guarded, asgi, config, guard, shutdown_trigger=stop_http.wait)
+            partial(
+                serve_guarded,
+                asgi,
+                config,
+                guard,
+                shutdown_trigger=stop_http.wait,
+                takeover=_listen_takeover(components),
+            )
         )
         port = int(binds[0].rsplit(":", 1)[1])
         LOGGER.info("listening on %s", binds[0])

@@ -36,6 +36,7 @@ VAD_MODES: Final = ("active", "off")
 SUMMARISERS: Final = ("embedded", "openai")
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS: Final = ("text", "json")
+LISTEN_TRANSPORTS: Final = ("fast", "hypercorn")
 
 
 class SettingsError(ValueError):
@@ -128,6 +129,11 @@ class Settings:
     max_sessions: int = _setting(200, "server-wide cap on live /v4/listen sessions")
     max_sessions_per_user: int = _setting(4, "live /v4/listen sessions per user")
     ws_max_message_bytes: int = _setting(64 * 1024, "largest WebSocket message accepted (1009)")
+    listen_transport: str = _setting(
+        "fast",
+        "/v4/listen WebSockets: fast (frames parsed on the socket) or hypercorn (its ASGI path)",
+        choices=LISTEN_TRANSPORTS,
+    )
     heartbeat_interval_s: float = _setting(10.0, "server 'ping' text frame interval")
     ws_max_frames_per_s: float = _setting(
         200.0, "sustained WebSocket frames per second per session (over budget: 1008)"

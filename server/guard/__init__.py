@@ -13,7 +13,11 @@ from server.guard._guard import (
     mark_authenticated as mark_authenticated,
     mark_websocket as mark_websocket,
 )
-from server.guard._serve import guard_asgi as guard_asgi, serve_guarded as serve_guarded
+from server.guard._serve import (
+    Takeover as Takeover,
+    guard_asgi as guard_asgi,
+    serve_guarded as serve_guarded,
+)
 from server.guard._stream import GuardedStream as GuardedStream
 from server.guard._watchdog import arm_watchdog as arm_watchdog, disarm_watchdog as disarm_watchdog
 from server.guard._wire import make_guard as make_guard
@@ -23,6 +27,7 @@ __all__ = [
     "ConnectionGuardStatistics",
     "GuardConfig",
     "GuardedStream",
+    "Takeover",
     "abort_connection",
     "arm_watchdog",
     "connection_closed",

@@ -7,6 +7,14 @@ each accepted stream goes through :meth:`ConnectionGuard.handle`, which wraps it
 hypercorn offers no hook for this, so the ~30 lines of its ``worker_serve`` are repeated here
 (lifespan, listeners, the graceful window); its connection code is used unchanged.
 
+With a :class:`Takeover`, the guard first reads each connection's first request line (within
+hypercorn's ``keep_alive_timeout`` and ``h11_max_incomplete_size``, as hypercorn bounds a head):
+``GET`` to one of its paths goes to the takeover with the whole head (``/v4/listen`` WebSocket
+upgrades, served without hypercorn's per-frame cost, see :mod:`server.listen.fastws`);
+anything else is decided at its first differing byte and served by hypercorn, the bytes read
+pushed back into the stream. A head that does not arrive in time, or is still pending when the
+server stops, is closed without an answer, as hypercorn closes it.
+
 :func:`guard_asgi`: when the application answers before the request body has fully arrived
 (401, 404, 413, 429 ...), the answer waits up to ``drain_s`` for a remainder of at most
 ``drain_max_bytes`` (Quart keeps reading it), so the connection stays usable; otherwise the
@@ -16,6 +24,7 @@ answer carries ``Connection: close`` and the connection ends after it.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Final
 
@@ -25,12 +34,12 @@ from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState, Framework
-from hypercorn.utils import repr_socket_addr, wrap_app
+from hypercorn.utils import parse_socket_addr, repr_socket_addr, wrap_app
 
 from server.guard._guard import SCOPE_KEY, ConnectionGuard
 from server.guard._stream import GuardedStream
 
-__all__ = ["guard_asgi", "serve_guarded"]
+__all__ = ["Takeover", "guard_asgi", "serve_guarded"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -45,6 +54,24 @@ DRAIN_MAX_BYTES: Final = 64 * 1024
 #: After the application is done with a connection that cannot be reused (a WebSocket, an
 #: answer with ``Connection: close``), hypercorn gets this long to finish with it.
 END_GRACE_S: Final = 1.0
+#: The most one read takes while looking at a request head.
+HEAD_READ_BYTES: Final = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Takeover:
+    """Requests the guard serves without hypercorn (see the module docstring).
+
+    Attributes:
+        paths: request paths (without the query) whose ``GET`` goes to ``serve``.
+        serve: gets the stream, the bytes read so far (a whole request head, perhaps more) and
+            a base ASGI scope (``client``, ``server``, the guard's record); returns ``None``
+            once it served the connection, or the bytes for hypercorn to serve instead (it
+            reads nothing more before deciding). Cancelling it ends the connection.
+    """
+
+    paths: frozenset[str]
+    serve: Callable[[GuardedStream, bytes, Scope], Awaitable[bytes | None]]
 
 
 async def serve_guarded(
@@ -53,10 +80,12 @@ async def serve_guarded(
     guard: ConnectionGuard,
     *,
     shutdown_trigger: Callable[[], Awaitable[object]],
+    takeover: Takeover | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` until ``shutdown_trigger`` returns, then give open connections
-    ``config.graceful_timeout`` seconds before cancelling them.
+    ``config.graceful_timeout`` seconds before cancelling them. ``takeover``: requests served
+    without hypercorn.
 
     Cancellation: cancelling the caller cancels every connection; each one's socket is still
     closed by the guard (shielded, bounded).
@@ -65,11 +94,15 @@ async def serve_guarded(
     lifespan_state: dict[str, Any] = {}
     lifespan = Lifespan(asgi, config, lifespan_state)
     context = WorkerContext(None)
+    router = None if takeover is None else _Router(takeover, config, guard)
 
-    def serve_connection(stream: GuardedStream) -> Awaitable[None]:
+    async def serve_connection(stream: GuardedStream) -> None:
+        if router is not None:
+            if not await router.hand_to_hypercorn(stream):
+                return
         state = ConnectionState(lifespan_state.copy())
         server = TCPServer(asgi, config, context, state, stream)  # type: ignore[arg-type]
-        return server.run()
+        await server.run()
 
     async def on_accept(raw: trio.SocketStream) -> None:
         await guard.handle(raw, serve_connection)
@@ -92,11 +125,101 @@ async def serve_guarded(
                     )
                     await shutdown_trigger()
                     accepting.cancel_scope.cancel()
+                    if router is not None:
+                        router.stop()
             finally:
                 await context.terminated.set()  # noqa: ASYNC102 -- sets an Event, never blocks
                 server_nursery.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
         await lifespan.wait_for_shutdown()
         lifespan_nursery.cancel_scope.cancel()
+
+
+class _Router:
+    """Reads each connection's first request head and routes it (see the module docstring)."""
+
+    def __init__(self, takeover: Takeover, config: Config, guard: ConnectionGuard) -> None:
+        self._takeover = takeover
+        self._targets = tuple(b"GET " + path.encode() for path in sorted(takeover.paths))
+        self._timeout_s = float(config.keep_alive_timeout)
+        self._max_bytes = int(config.h11_max_incomplete_size)
+        self._guard = guard
+        self._reading: set[trio.CancelScope] = set()
+        self._stopped = False
+
+    def stop(self) -> None:
+        """The server stops: heads still awaited are not waited for any longer."""
+        self._stopped = True
+        for scope in self._reading:
+            scope.cancel()
+
+    async def hand_to_hypercorn(self, stream: GuardedStream) -> bool:
+        """Route one connection: True if hypercorn is to serve it (the bytes read are pushed
+        back), False if it was served (or its head never came)."""
+        with trio.CancelScope(deadline=trio.current_time() + self._timeout_s) as reading:
+            if self._stopped:
+                reading.cancel()
+            self._reading.add(reading)
+            try:
+                head, taken = await _read_head(stream, self._targets, self._max_bytes)
+            finally:
+                self._reading.discard(reading)
+        if reading.cancelled_caught:
+            return False
+        if taken:
+            rest = await self._takeover.serve(stream, head, self._scope(stream))
+            if rest is None:
+                return False
+            head = rest
+        stream.push_back(head)
+        return True
+
+    def _scope(self, stream: GuardedStream) -> Scope:
+        sock = stream.socket
+        try:
+            client = parse_socket_addr(sock.family, sock.getpeername())
+            server = parse_socket_addr(sock.family, sock.getsockname())
+        except OSError:
+            client = server = None
+        scope: Scope = {"client": client, "server": server}
+        conn = self._guard.lookup(client)
+        if conn is not None:
+            scope[SCOPE_KEY] = conn
+        return scope
+
+
+async def _read_head(
+    stream: GuardedStream, targets: tuple[bytes, ...], max_bytes: int
+) -> tuple[bytes, bool]:
+    """Read until the first request line is known not to start with one of ``targets`` (False)
+    or a whole head starting with one was read (True). Unbounded in time: the caller bounds it.
+    A closed or broken stream, an EOF or more than ``max_bytes`` end it (False)."""
+    data = b""
+    while True:
+        try:
+            chunk = await stream.receive_some(HEAD_READ_BYTES)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            await trio.lowlevel.checkpoint()
+            return data, False
+        if not chunk:
+            return data, False
+        data += chunk
+        verdict = _verdict(data, targets)
+        if verdict is False or len(data) > max_bytes:
+            return data, False
+        if verdict and (b"\r\n\r\n" in data or b"\n\n" in data):
+            return data, True
+
+
+def _verdict(data: bytes, targets: tuple[bytes, ...]) -> bool | None:
+    """Whether ``data`` starts a request line ``<target>[ ?]...``; None while undecided."""
+    undecided = False
+    for target in targets:
+        if len(data) > len(target):
+            if data.startswith(target) and data[len(target)] in b" ?":
+                return True
+        elif target.startswith(data):
+            undecided = True
+    return None if undecided else False
 
 
 def _listeners(config: Config) -> tuple[list[trio.SocketListener], list[str]]:

@@ -4,7 +4,12 @@ hypercorn 0.18 writes with ``send_all`` inside a *shielded* cancel scope and no 
 peer that never reads can hold a connection task (and with it, shutdown) forever. This wrapper
 gives every write its own deadline inside that shield: ``min(now + send_timeout_s, drain
 deadline)``. When it expires the socket is aborted (RST) and the write raises
-``trio.BrokenResourceError``, which hypercorn handles as a closed connection.
+``trio.BrokenResourceError``, which hypercorn handles as a closed connection. The write is
+shielded here too (cancelling it halfway would cut a frame in two): its deadline bounds it.
+
+Bytes read before hypercorn takes the connection (the guard looks at the first request line to
+route ``/v4/listen`` upgrades, see :mod:`server.guard._serve`) are given back with
+:meth:`GuardedStream.push_back`: the next read returns them first.
 
 Closing is owned by :func:`server.guard._guard.ConnectionGuard.handle`, not by hypercorn:
 ``send_eof`` and ``aclose`` never raise ``trio.Cancelled`` (hypercorn calls them from tasks that
@@ -16,6 +21,7 @@ and closes the socket.
 
 from __future__ import annotations
 
+import os
 import socket as _socket
 import struct
 from collections.abc import Callable
@@ -51,6 +57,7 @@ class GuardedStream(trio.abc.HalfCloseableStream):
         self._on_write_timeout = on_write_timeout
         self._send_scope: trio.CancelScope | None = None
         self._read_scope: trio.CancelScope | None = None
+        self._pushed_back = b""
         self.closed = False
         self.aborted = False
         self.bytes_sent = 0
@@ -74,7 +81,7 @@ class GuardedStream(trio.abc.HalfCloseableStream):
         if self.closed:
             await trio.lowlevel.checkpoint()
             raise trio.ClosedResourceError("stream closed")
-        with trio.CancelScope(deadline=self._send_deadline()) as scope:
+        with trio.CancelScope(deadline=self._send_deadline(), shield=True) as scope:
             self._send_scope = scope
             try:
                 await self._inner.send_all(data)
@@ -113,10 +120,14 @@ class GuardedStream(trio.abc.HalfCloseableStream):
     # -- reads ----------------------------------------------------------------------------------
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        """As ``trio.SocketStream``; raises ``trio.ClosedResourceError`` once closed."""
+        """As ``trio.SocketStream`` (bytes pushed back first); raises
+        ``trio.ClosedResourceError`` once closed."""
         if self.closed:
             await trio.lowlevel.checkpoint()
             raise trio.ClosedResourceError("stream closed")
+        if self._pushed_back:
+            await trio.lowlevel.checkpoint()
+            return self._take_pushed_back(max_bytes)
         with trio.CancelScope() as scope:
             self._read_scope = scope
             try:
@@ -126,6 +137,43 @@ class GuardedStream(trio.abc.HalfCloseableStream):
         if scope.cancelled_caught:
             raise trio.ClosedResourceError("stream closed")
         self.bytes_received += len(data)
+        return data
+
+    def receive_nowait(self, max_bytes: int) -> bytes:
+        """What the kernel already holds for this stream (pushed-back bytes first), without
+        waiting: ``b""`` at the peer's EOF.
+
+        Raises:
+            trio.WouldBlock: nothing is there yet.
+            trio.ClosedResourceError: the stream was closed or aborted.
+            trio.BrokenResourceError: the peer reset the connection.
+        """
+        if self.closed:
+            raise trio.ClosedResourceError("stream closed")
+        if self._pushed_back:
+            return self._take_pushed_back(max_bytes)
+        try:  # the socket is non-blocking (Trio's): this never waits
+            data = os.read(self.fileno, max_bytes)
+        except BlockingIOError:
+            raise trio.WouldBlock from None
+        except OSError as exc:
+            raise trio.BrokenResourceError(str(exc)) from exc
+        self.bytes_received += len(data)
+        return data
+
+    def push_back(self, data: bytes) -> None:
+        """Give back ``data`` (read from this stream, not consumed): the next reads return it
+        before anything new. Only bytes read first may be pushed back, once."""
+        if self._pushed_back:
+            raise RuntimeError("bytes were already pushed back")
+        self._pushed_back = data
+
+    def _take_pushed_back(self, max_bytes: int | None) -> bytes:
+        data = self._pushed_back
+        if max_bytes is not None and len(data) > max_bytes:
+            data, self._pushed_back = data[:max_bytes], data[max_bytes:]
+        else:
+            self._pushed_back = b""
         return data
 
     # -- closing --------------------------------------------------------------------------------

@@ -1,10 +1,14 @@
-"""The raw-ASGI ``/v4/listen`` handler: admission, then one :class:`ListenSession`.
+"""The ``/v4/listen`` handler: admission, then one :class:`ListenSession`.
+
+One handler for both transports: :class:`ListenHandler` is a raw-ASGI app (hypercorn's
+WebSocket path) and serves a :class:`~server.listen.wire.ListenSocket` directly (the fast path,
+:mod:`server.listen.fastws`).
 
 Every refusal happens *after* accepting the upgrade, so the client sees a WebSocket close code
 with a reason rather than hypercorn's bare HTTP 403: 1008 for auth and invalid parameters,
 1003 for audio formats we cannot take, 1013 when a capacity is reached, 1001 while draining,
 1011 for an unexpected server error. Oversized messages are closed 1009 by hypercorn
-(``websocket_max_message_size``).
+(``websocket_max_message_size``) or by :mod:`server.listen.fastws`.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, final
 from urllib.parse import parse_qsl
 
 import trio
@@ -37,14 +41,20 @@ from server.listen.params import (
 from server.listen.registry import AdmissionError, SessionRegistry
 from server.listen.session import LatencySinks, ListenSession, SessionConfig
 from server.listen.vad import VadGate
-from server.listen.wire import AsgiApp, AsgiWebSocket, ClientGone, Receive, Scope, Send
+from server.listen.wire import AsgiWebSocket, ClientGone, ListenSocket, Receive, Scope, Send
 from server.logs import log_context
 from server.settings import Settings
 from server.store import Store, StoreError
 from server.stt.base import SttCapacityError, SttError, SttProvider
 from server.views import conversation_json
 
-__all__ = ["WEB_LISTEN_PATH", "ListenContext", "ListenDeps", "make_listen_handler"]
+__all__ = [
+    "WEB_LISTEN_PATH",
+    "ListenContext",
+    "ListenDeps",
+    "ListenHandler",
+    "make_listen_handler",
+]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -115,7 +125,7 @@ async def _authenticate(
     raise _Refused(1008, "missing Authorization: Bearer token (or ?ticket= for browsers)")
 
 
-async def _first_message_auth(ctx: ListenContext, ws: AsgiWebSocket) -> str:
+async def _first_message_auth(ctx: ListenContext, ws: ListenSocket) -> str:
     """``/v4/web/listen`` (Omi's browser endpoint): accept, then the first message must be
     ``{"type": "auth", "token": ...}`` within ``web_auth_timeout_s``; it is answered with
     ``{"type": "auth_response", "success": true|false}`` as Omi does. A malformed first message
@@ -178,15 +188,30 @@ def _params(ctx: ListenContext, deps: ListenDeps, query: Mapping[str, str]) -> L
     return params
 
 
-def make_listen_handler(ctx: ListenContext, deps: ListenDeps) -> AsgiApp:
-    """Build the ASGI handler for ``/v4/listen`` WebSocket upgrades."""
+@final
+class ListenHandler:
+    """Serves ``/v4/listen`` and ``/v4/web/listen`` WebSocket upgrades, whatever the transport.
 
-    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
-        ws = AsgiWebSocket(scope, receive, send)
+    Calling it is the raw-ASGI app (hypercorn's WebSocket path); :meth:`serve` takes a
+    :class:`ListenSocket` directly.
+    """
+
+    __slots__ = ("_ctx", "_deps")
+
+    def __init__(self, ctx: ListenContext, deps: ListenDeps) -> None:
+        self._ctx = ctx
+        self._deps = deps
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.serve(AsgiWebSocket(scope, receive, send))
+
+    async def serve(self, ws: ListenSocket) -> None:
+        """Admit and run one session on ``ws``; every refusal is a close code. Returns once
+        the close was sent (or the client left). Cancellation ends the session."""
         await trio.lowlevel.checkpoint()
         try:
             await ws.wait_connect()
-            await _serve(ctx, deps, ws)
+            await _serve(self._ctx, self._deps, ws)
         except ClientGone:
             return
         except _Refused as exc:
@@ -195,11 +220,14 @@ def make_listen_handler(ctx: ListenContext, deps: ListenDeps) -> AsgiApp:
             LOGGER.exception("listen session failed")
             await ws.close(1011, "internal error")
 
-    return handler
+
+def make_listen_handler(ctx: ListenContext, deps: ListenDeps) -> ListenHandler:
+    """Build the handler for ``/v4/listen`` WebSocket upgrades."""
+    return ListenHandler(ctx, deps)
 
 
 def _session(
-    ctx: ListenContext, deps: ListenDeps, ws: AsgiWebSocket, user_id: str, params: ListenParams
+    ctx: ListenContext, deps: ListenDeps, ws: ListenSocket, user_id: str, params: ListenParams
 ) -> ListenSession:
     settings = ctx.settings
     session: ListenSession
@@ -236,7 +264,7 @@ def _session(
     return session
 
 
-async def _serve(ctx: ListenContext, deps: ListenDeps, ws: AsgiWebSocket) -> None:
+async def _serve(ctx: ListenContext, deps: ListenDeps, ws: ListenSocket) -> None:
     if ctx.drain.draining:
         raise _Refused(1001, "server shutting down")
     headers, query = _headers(ws.scope), _query(ws.scope)
@@ -299,7 +327,7 @@ async def _admit_in_cluster(ctx: ListenContext, session: ListenSession) -> None:
 async def _run_admitted(
     ctx: ListenContext,
     deps: ListenDeps,
-    ws: AsgiWebSocket,
+    ws: ListenSocket,
     session: ListenSession,
     params: ListenParams,
 ) -> None:

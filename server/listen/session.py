@@ -47,7 +47,7 @@ from server.listen.conversation import ConversationTracker
 from server.listen.hooks import RealtimeHooks
 from server.listen.params import ListenParams
 from server.listen.vad import GateOutput, VadGate
-from server.listen.wire import AsgiWebSocket, ClientGone
+from server.listen.wire import ClientGone, ListenSocket
 from server.stt.base import SttResult, SttStatus, SttStream, Word
 
 __all__ = [
@@ -163,7 +163,7 @@ class ListenSession:
     def __init__(
         self,
         *,
-        ws: AsgiWebSocket,
+        ws: ListenSocket,
         user_id: str,
         params: ListenParams,
         config: SessionConfig,
@@ -347,10 +347,12 @@ class ListenSession:
     async def _read_backlog(self, stream: SttStream) -> None:
         """Draining: transcribe the frames the server already received for this session.
 
-        hypercorn reads ahead of the session (up to ``max_app_queue_size`` frames, ~1 s of
-        audio in 100 ms frames); cancelling the receive loop used to drop them. Only what is
-        queued now is taken (waiting for more delays the close, and a real-time client sends
-        more meanwhile), at most ``BACKLOG_MAX_S`` and never past the drain deadline.
+        The transport holds frames the session has not taken yet (hypercorn queues up to
+        ``max_app_queue_size`` of them; the fast transport what its last read carried plus one
+        read of what the kernel holds, see ``FastWebSocket.receive_nowait``); cancelling the
+        receive loop used to drop them. Only what is held now is taken (waiting for more delays
+        the close, and a real-time client sends more meanwhile), at most ``BACKLOG_MAX_S`` and
+        never past the drain deadline.
         """
         await trio.lowlevel.checkpoint()
         until = min(trio.current_time() + BACKLOG_MAX_S, self._drain_deadline())

@@ -1,19 +1,31 @@
-"""A minimal WebSocket over raw ASGI messages, for the ``/v4/listen`` hot path.
+"""The listen session's WebSocket interface, and its implementation over raw ASGI messages.
 
-Quart's WebSocket object adds a task hop and a queue per message; the listen session talks to
-hypercorn's ASGI ``receive``/``send`` directly instead.
+:class:`ListenSocket` is what the listen handler and session use. Two transports provide it:
+:class:`AsgiWebSocket` (hypercorn's ASGI ``receive``/``send``; Quart's WebSocket object would add
+a task hop and a queue per message) and :class:`server.listen.fastws.FastWebSocket` (frames
+parsed on the guarded TCP stream itself, the default).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any, Final, final
+from typing import Any, Final, Protocol, final
 
 import trio
 
 from server.guard import abort_connection, connection_closed
 
-__all__ = ["AsgiApp", "AsgiWebSocket", "ClientGone", "Message", "Receive", "Scope", "Send"]
+__all__ = [
+    "AsgiApp",
+    "AsgiWebSocket",
+    "ClientGone",
+    "ListenSocket",
+    "Message",
+    "Receive",
+    "Scope",
+    "Send",
+    "fit_reason",
+]
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -30,9 +42,44 @@ class ClientGone(Exception):
     """The client closed the connection (or it broke)."""
 
 
-def _fit_reason(reason: str) -> str:
+def fit_reason(reason: str) -> str:
+    """``reason`` cut to what a close frame can carry (whole UTF-8 characters)."""
     encoded = reason.encode()[:MAX_REASON_BYTES]
     return encoded.decode(errors="ignore")
+
+
+class ListenSocket(Protocol):
+    """A WebSocket as the listen handler and session drive it.
+
+    ``scope`` is the ASGI-shaped request (``path``, ``query_string``, ``headers``, ``client``,
+    and the guard's connection record). ``closed`` turns true once the client left, the
+    connection broke, or a close was sent.
+    """
+
+    scope: MutableMapping[str, Any]
+    accepted: bool
+    closed: bool
+
+    async def wait_connect(self) -> None:
+        """Wait for the upgrade request (raises :class:`ClientGone` if the client left)."""
+
+    async def accept(self) -> None:
+        """Complete the handshake."""
+
+    async def receive(self) -> Message | None:
+        """The next data message, or ``None`` once the client left."""
+
+    def receive_nowait(self) -> Message | None:
+        """A message the server already holds, without waiting (:class:`trio.WouldBlock`)."""
+
+    async def send_text(self, text: str) -> None:
+        """Send a text frame; raises :class:`ClientGone` if the connection is gone."""
+
+    def abort(self) -> None:
+        """Reset the connection now, without a close frame."""
+
+    async def close(self, code: int, reason: str = "") -> None:
+        """Close with ``code`` (accepting first if needed); a no-op once closed."""
 
 
 @final
@@ -112,7 +159,7 @@ class AsgiWebSocket:
             if not self.accepted:
                 await self._send({"type": "websocket.accept"})
             await self._send(
-                {"type": "websocket.close", "code": code, "reason": _fit_reason(reason)}
+                {"type": "websocket.close", "code": code, "reason": fit_reason(reason)}
             )
         except OSError:
             pass  # the peer is already gone: nothing left to tell it

@@ -1,0 +1,410 @@
+"""``/v4/listen`` WebSocket upgrades served on the guarded TCP stream, without hypercorn.
+
+hypercorn's WebSocket path costs a task switch, a memory channel, an ASGI dict and a pure-Python
+unmasking (wsproto) per frame; at 100 ms audio frames that was a fifth of the server's CPU. Here
+the session's own task reads the socket and parses frames with ``websockets``' sans-I/O
+:class:`~websockets.server.ServerProtocol` (C-accelerated unmasking), so a frame costs one
+``receive_some`` (which often carries several frames) and a parse.
+
+:func:`serve_websocket` is what :func:`server.guard.serve_guarded` calls when a connection's
+first request line is ``GET <listen path>``: if the head is a WebSocket upgrade, it answers the
+handshake (400 with a JSON error if invalid, as hypercorn refuses it) and runs the listen
+handler on a :class:`FastWebSocket`; anything else goes back to hypercorn unchanged.
+
+:class:`FastWebSocket` has :class:`~server.listen.wire.AsgiWebSocket`'s interface (the one
+listen handler drives both):
+
+- **pull**: :meth:`~FastWebSocket.receive` reads the socket only when no parsed frame is
+  buffered; the buffer holds what one read (at most ``RECV_BYTES``) carried, so it is bounded
+  by construction; :meth:`~FastWebSocket.receive_nowait` returns buffered frames, then once
+  takes what the kernel already holds (the drain's backlog, see ``ListenSession``);
+- **messages**: binary and text (UTF-8 checked: 1007), fragments joined; over
+  ``max_message_bytes`` (fragments counted together) closes 1009; ping is answered with pong;
+  a protocol error closes 1002; a client close is echoed;
+- **writes** go straight to the :class:`~server.guard.GuardedStream` under a lock (the session's
+  sender, replies to pings and the final close may race); each write has the guard's deadline
+  and is never cut halfway; no permessage-deflate (audio does not compress).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, Final, final
+
+import trio
+from websockets.datastructures import Headers
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request, Response
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+from server.guard import GuardedStream, abort_connection
+from server.listen.wire import ClientGone, Message, fit_reason
+
+__all__ = ["END_GRACE_S", "RECV_BYTES", "FastWebSocket", "serve_websocket"]
+
+#: The most one read takes from the socket (the parsed-frame buffer holds at most this).
+RECV_BYTES: Final = 64 * 1024
+#: After the handler is done, the client gets this long to answer the close frame.
+END_GRACE_S: Final = 1.0
+#: A real checkpoint (a chance for other tasks) at least every this many buffered messages;
+#: between them a buffered message is returned after a cancellation check only.
+YIELD_EVERY: Final = 16
+
+#: ``websockets`` logs every connection at INFO; ours stay quiet below WARNING.
+_PROTOCOL_LOGGER: Final = logging.getLogger(__name__ + ".protocol")
+_PROTOCOL_LOGGER.setLevel(logging.WARNING)
+
+_OP_BINARY: Final = Opcode.BINARY
+_OP_TEXT: Final = Opcode.TEXT
+_OP_CONT: Final = Opcode.CONT
+_OP_CLOSE: Final = Opcode.CLOSE
+
+
+class _Nothing:
+    """No buffered message (distinct from ``None``: the client left)."""
+
+
+_NOTHING: Final = _Nothing()
+
+#: Serves one accepted-or-not listen WebSocket (``ListenHandler.serve``).
+WebSocketApp = Callable[["FastWebSocket"], Awaitable[None]]
+
+
+@final
+class FastWebSocket:
+    """One listen WebSocket on a guarded stream (see the module docstring).
+
+    Args:
+        scope: the ASGI-shaped request (path, query, headers, client and the guard's record).
+        stream: the connection; the guard owns and closes it.
+        protocol: the handshake's protocol state (``CONNECTING`` until :meth:`accept`).
+        response: the ``101`` to send on :meth:`accept`.
+        buffered: frames that arrived with the request head.
+
+    Cancellation: a cancelled read loses nothing (frames are parsed after the read returns); a
+    write is never cut halfway (the guard's deadline bounds it, :meth:`abort` wakes it).
+    """
+
+    __slots__ = (
+        "_buffered",
+        "_eof",
+        "_fragments",
+        "_fragments_text",
+        "_nowait_read",
+        "_protocol",
+        "_response",
+        "_send_lock",
+        "_since_yield",
+        "_stream",
+        "accepted",
+        "closed",
+        "scope",
+    )
+
+    def __init__(
+        self,
+        scope: MutableMapping[str, Any],
+        stream: GuardedStream,
+        protocol: ServerProtocol,
+        response: Response,
+        buffered: list[Any] | None = None,
+    ) -> None:
+        self.scope = scope
+        self._stream = stream
+        self._protocol = protocol
+        self._response = response
+        self._buffered: deque[Frame] = deque(f for f in buffered or () if isinstance(f, Frame))
+        self._fragments: list[bytes] | None = None
+        self._fragments_text = False
+        self._send_lock = trio.Lock()
+        self._since_yield = 0
+        self._nowait_read = False
+        self._eof = False
+        self.accepted = False
+        self.closed = False
+
+    # -- the handshake ------------------------------------------------------------------------
+
+    async def wait_connect(self) -> None:
+        """Nothing to wait for: the request head was read before this object existed."""
+        await trio.lowlevel.checkpoint()
+
+    async def accept(self) -> None:
+        """Send the ``101 Switching Protocols``."""
+        async with self._send_lock:
+            if self.accepted or self.closed:
+                return
+            self._protocol.send_response(self._response)
+            self.accepted = True
+            try:
+                await self._send(self._protocol.data_to_send())
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                self.closed = True
+                raise ClientGone(str(exc)) from exc
+
+    # -- receiving ----------------------------------------------------------------------------
+
+    async def receive(self) -> Message | None:
+        """The next data message, or ``None`` once the client left (or the connection failed:
+        oversized 1009, bad UTF-8 1007, protocol error 1002; the close frame is already sent).
+        """
+        while True:
+            message = self._pop()
+            if message is not _NOTHING:
+                await self._pace()
+                return message  # type: ignore[return-value]  # not _NOTHING
+            if self._gone():
+                await trio.lowlevel.checkpoint()
+                return None
+            await self._read()
+
+    def receive_nowait(self) -> Message | None:
+        """A buffered message; once the buffer is empty, the first call also takes what the
+        kernel already holds for this socket (at most ``RECV_BYTES``, never waiting).
+        ``None`` if the client left.
+
+        Raises:
+            trio.WouldBlock: nothing is there (or the one read was taken already).
+        """
+        message = self._pop()
+        if message is _NOTHING and not self._gone() and not self._nowait_read:
+            self._nowait_read = True
+            try:
+                data = self._stream.receive_nowait(RECV_BYTES)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            self._feed(data)  # replies (pong, close) go out with the next write
+            message = self._pop()
+        if message is not _NOTHING:
+            return message  # type: ignore[return-value]  # not _NOTHING
+        if self._gone():
+            return None
+        raise trio.WouldBlock
+
+    async def _pace(self) -> None:
+        """Checkpoint for a buffered message: a cancellation check, a real yield sometimes."""
+        self._since_yield += 1
+        if self._since_yield >= YIELD_EVERY:
+            self._since_yield = 0
+            await trio.lowlevel.checkpoint()
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()
+
+    def _gone(self) -> bool:
+        if not self.closed and (self._eof or self._protocol.state >= State.CLOSING):
+            self.closed = True
+        return self.closed
+
+    async def _read(self) -> None:
+        """One read from the socket into the buffer; replies it caused are sent."""
+        try:
+            data = await self._stream.receive_some(RECV_BYTES)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            await trio.lowlevel.checkpoint()
+            data = b""
+        self._since_yield = 0
+        self._feed(data)
+        replies = self._protocol.data_to_send()
+        if replies:
+            async with self._send_lock:
+                try:
+                    await self._send(replies)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    self._eof = True
+
+    def _feed(self, data: bytes) -> None:
+        if self._eof:
+            return
+        protocol = self._protocol
+        if data:
+            protocol.receive_data(data)
+        else:
+            self._eof = True
+            protocol.receive_eof()
+        events = protocol.events_received()
+        if events:
+            self._buffered.extend(events)  # type: ignore[arg-type]  # frames once open
+
+    def _pop(self) -> Message | None | _Nothing:
+        """The next buffered data message; ``None`` at a close frame or a failure."""
+        buffered = self._buffered
+        while buffered:
+            frame = buffered.popleft()
+            if frame.opcode is _OP_BINARY and frame.fin:  # the hot path: one audio frame
+                data = frame.data
+                return data if type(data) is bytes else bytes(data)
+            message = self._assemble(frame)
+            if message is not _NOTHING:
+                return message
+        return _NOTHING
+
+    def _assemble(self, frame: Frame) -> Message | None | _Nothing:
+        opcode = frame.opcode
+        if opcode is _OP_CLOSE:
+            self.closed = True  # the protocol answered it (sent with the next write)
+            return None
+        if opcode is _OP_TEXT or opcode is _OP_BINARY:
+            if not frame.fin:
+                self._fragments, self._fragments_text = [bytes(frame.data)], opcode is _OP_TEXT
+                return _NOTHING
+            return self._text(bytes(frame.data)) if opcode is _OP_TEXT else bytes(frame.data)
+        if opcode is _OP_CONT and self._fragments is not None:
+            self._fragments.append(bytes(frame.data))
+            if not frame.fin:
+                return _NOTHING
+            data, self._fragments = b"".join(self._fragments), None
+            return self._text(data) if self._fragments_text else data
+        return _NOTHING  # ping (answered by the protocol) or pong
+
+    def _text(self, data: bytes) -> str | None:
+        try:
+            return data.decode()
+        except UnicodeDecodeError:
+            self._protocol.fail(1007, "invalid UTF-8 in a text message")
+            self._buffered.clear()
+            self.closed = True
+            return None
+
+    # -- sending ------------------------------------------------------------------------------
+
+    async def send_text(self, text: str) -> None:
+        """Send a text frame; raises :class:`ClientGone` if the connection is gone."""
+        async with self._send_lock:
+            if self.closed or self._protocol.state is not State.OPEN:
+                self.closed = True
+                raise ClientGone("closed")
+            self._protocol.send_text(text.encode())
+            try:
+                await self._send(self._protocol.data_to_send())
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                self.closed = True
+                raise ClientGone(str(exc)) from exc
+
+    async def _send(self, chunks: list[bytes]) -> None:
+        """Write ``chunks`` in order (``b""``: half-close); the caller holds the lock."""
+        if not chunks:
+            await trio.lowlevel.checkpoint()
+            return
+        for chunk in chunks[:-1]:
+            await self._send_one(chunk)
+        await self._send_one(chunks[-1])
+
+    async def _send_one(self, chunk: bytes) -> None:
+        if chunk:
+            await self._stream.send_all(chunk)
+        else:
+            await self._stream.send_eof()
+
+    def abort(self) -> None:
+        """Reset the TCP connection now, without a close frame; wakes a blocked send."""
+        self.closed = True
+        if not abort_connection(self.scope):
+            self._stream.abort()
+
+    async def close(self, code: int, reason: str = "") -> None:
+        """Close with ``code`` (accepting first, so the client sees the code, not HTTP 403)."""
+        await trio.lowlevel.checkpoint()
+        if self.closed:
+            return
+        self.closed = True
+        async with self._send_lock:
+            protocol = self._protocol
+            if not self.accepted:
+                protocol.send_response(self._response)
+                self.accepted = True
+            if protocol.state is State.OPEN:
+                protocol.send_close(code, fit_reason(reason))
+            try:
+                await self._send(protocol.data_to_send())
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._eof = True  # the peer is already gone: nothing left to tell it
+
+    async def finish(self) -> None:
+        """The handler is done: close 1000 if it did not close, then wait for the client's
+        close frame (or EOF). Unbounded: the caller bounds it."""
+        await self.close(1000)
+        protocol = self._protocol
+        while protocol.close_rcvd is None and not self._eof and protocol.state is State.CLOSING:
+            await self._read()
+            self._buffered.clear()
+
+
+def _header_tokens(headers: Headers, name: str) -> list[str]:
+    return [t.strip().lower() for value in headers.get_all(name) for t in value.split(",")]
+
+
+def _is_upgrade(request: Request) -> bool:
+    """hypercorn's test (GET is known): ``Connection: upgrade`` and ``Upgrade: websocket``."""
+    return "upgrade" in _header_tokens(request.headers, "Connection") and _header_tokens(
+        request.headers, "Upgrade"
+    ) == ["websocket"]
+
+
+def _scope(request: Request, base: MutableMapping[str, Any]) -> dict[str, Any]:
+    path, _, query = request.path.partition("?")
+    return {
+        **base,
+        "type": "websocket",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "scheme": "ws",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query.encode(),
+        "root_path": "",
+        "headers": [
+            (name.lower().encode("latin-1"), value.encode("latin-1"))
+            for name, value in request.headers.raw_items()
+        ],
+        "subprotocols": [],
+    }
+
+
+def _refusal(reason: str) -> bytes:
+    body = json.dumps(
+        {"error": {"code": "bad_websocket_handshake", "message": reason[:200]}},
+        separators=(",", ":"),
+    ).encode()
+    return (
+        b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\n"
+        b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+
+
+async def serve_websocket(
+    stream: GuardedStream,
+    head: bytes,
+    base_scope: MutableMapping[str, Any],
+    *,
+    app: WebSocketApp,
+    max_message_bytes: int,
+) -> bytes | None:
+    """Serve the connection whose first bytes ``head`` hold a whole request head for a listen
+    path: ``None`` once served; or, if it is not a WebSocket upgrade, ``head`` back untouched
+    for hypercorn to serve.
+
+    Cancellation: cancelling it ends the connection (the guard closes the socket).
+    """
+    protocol = ServerProtocol(max_size=max_message_bytes, logger=_PROTOCOL_LOGGER)
+    protocol.receive_data(head)
+    events = protocol.events_received()
+    if not events or not isinstance(events[0], Request) or not _is_upgrade(events[0]):
+        await trio.lowlevel.checkpoint()
+        return head
+    request = events[0]
+    response = protocol.accept(request)  # no extensions offered: no permessage-deflate
+    if response.status_code != 101:
+        try:
+            await stream.send_all(_refusal(str(protocol.handshake_exc or "invalid handshake")))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            await trio.lowlevel.checkpoint()
+        return None
+    ws = FastWebSocket(_scope(request, base_scope), stream, protocol, response, events[1:])
+    await app(ws)
+    with trio.move_on_after(END_GRACE_S):
+        await ws.finish()
+    return None
