@@ -154,12 +154,12 @@ class FastWebSocket:
         """
         while True:
             message = self._pop()
+            if message is None or (message is _NOTHING and self._gone()):
+                await self._flush()  # the answer to a close, or the close of a failure
+                return None
             if message is not _NOTHING:
                 await self._pace()
                 return message  # type: ignore[return-value]  # not _NOTHING
-            if self._gone():
-                await trio.lowlevel.checkpoint()
-                return None
             await self._read()
 
     def receive_nowait(self) -> Message | None:
@@ -208,13 +208,17 @@ class FastWebSocket:
             data = b""
         self._since_yield = 0
         self._feed(data)
-        replies = self._protocol.data_to_send()
-        if replies:
-            async with self._send_lock:
-                try:
-                    await self._send(replies)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    self._eof = True
+        if self._protocol.writes:  # a pong, or the answer to a close
+            await self._flush()
+
+    async def _flush(self) -> None:
+        """Send what the protocol queued itself (pongs, close frames); errors mean the peer
+        is gone."""
+        async with self._send_lock:
+            try:
+                await self._send(self._protocol.data_to_send())
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._eof = True
 
     def _feed(self, data: bytes) -> None:
         if self._eof:
@@ -307,8 +311,8 @@ class FastWebSocket:
 
     async def close(self, code: int, reason: str = "") -> None:
         """Close with ``code`` (accepting first, so the client sees the code, not HTTP 403)."""
-        await trio.lowlevel.checkpoint()
         if self.closed:
+            await self._flush()  # what the protocol still owes the peer (a close answer)
             return
         self.closed = True
         async with self._send_lock:
