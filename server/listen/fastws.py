@@ -105,6 +105,9 @@ class FastWebSocket:
         "scope",
     )
 
+    #: After our close frame, the client's last frames are still read (see ``ListenSession``).
+    reads_after_close = True
+
     def __init__(
         self,
         scope: MutableMapping[str, Any],
@@ -326,6 +329,19 @@ class FastWebSocket:
                 await self._send(protocol.data_to_send())
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self._eof = True  # the peer is already gone: nothing left to tell it
+
+    async def receive_after_close(self) -> Message | None:
+        """After :meth:`close`: the next data message the client sent before it saw our close
+        frame; ``None`` at its close frame or EOF. Unbounded: the caller bounds it."""
+        while True:
+            message = self._pop()
+            if message is not _NOTHING:
+                await trio.lowlevel.checkpoint()
+                return message  # type: ignore[return-value]  # not _NOTHING
+            if self._eof or self._protocol.close_rcvd is not None:
+                await trio.lowlevel.checkpoint()
+                return None
+            await self._read()
 
     async def finish(self) -> None:
         """The handler is done: close 1000 if it did not close, then wait for the client's

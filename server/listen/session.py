@@ -10,7 +10,9 @@ Tasks of a session (all in one nursery; when the session ends, all of them end):
     persister      flushes queued segment writes every PERSIST_INTERVAL_S
 
 End of a session, whatever the cause (client gone, drain, idle, bad input): stop taking audio
-(a drain first takes the frames already received, see ``_read_backlog``), flush the STT
+(a drain first takes every frame the client sent before it saw the close frame, see
+``_close_then_read_tail``, or on hypercorn's transport those already received, see
+``_read_backlog``), flush the STT
 stream (bounded), persist every segment (shielded, bounded), send the last segments, close with
 the cause's code. The conversation stays resumable; only its timeout (here
 or in the sweeper) closes it.
@@ -83,6 +85,7 @@ SESSION_COUNTERS: Final = (
     "dropped_events",
     "ignored_text",
     "suggested_segments",
+    "tail_frames",
     "vad_forwarded_bytes",
     "vad_skipped_bytes",
     "persisted_segments",
@@ -211,6 +214,7 @@ class ListenSession:
         self.segments_sent = 0
         self.ignored_text = 0
         self.suggested_segments = 0
+        self.tail_frames = 0
         self._finals_lock = trio.Lock()
 
     # -- the registry's view ---------------------------------------------------------------
@@ -227,6 +231,7 @@ class ListenSession:
             "dropped_events": self.dropped_events,
             "ignored_text": self.ignored_text,
             "suggested_segments": self.suggested_segments,
+            "tail_frames": self.tail_frames,
             "vad_forwarded_bytes": gate.forwarded_bytes,
             "vad_skipped_bytes": gate.skipped_bytes,
             "persisted_segments": self.tracker.persisted_segments,
@@ -290,7 +295,9 @@ class ListenSession:
             await self._status("ready", "Ready")
             with self._receive_scope:
                 await self._receive_loop(stream)
-            if self._cause is DRAINING:
+            if self._cause is DRAINING and self._ws.reads_after_close:
+                await self._close_then_read_tail(stream)
+            elif self._cause is DRAINING:
                 await self._read_backlog(stream)
             await self._finish(stream, consumer_done)
             nursery.cancel_scope.cancel()
@@ -308,13 +315,39 @@ class ListenSession:
                 await self.tracker.flush()
             except Exception:
                 LOGGER.error("session %s: last segment write failed", self.session_id)
+        await self._close_outbox()
+
+    async def _close_outbox(self) -> None:
+        """Queue nothing more; wait (at most ``FINAL_SEND_S``) until the sender has written
+        what is queued, else reset a client that does not read. Idempotent."""
         self._outbox_closed = True
         self._out_send.close()
-        if not self._ws.closed:
-            with trio.move_on_after(FINAL_SEND_S) as sending:
-                await self._drained_outbox.wait()
-            if sending.cancelled_caught and self._sending_since is not None:
-                self._ws.abort()  # the client does not read: nothing more can reach it
+        if self._ws.closed:
+            await trio.lowlevel.checkpoint()
+            return
+        with trio.move_on_after(FINAL_SEND_S) as sending:
+            await self._drained_outbox.wait()
+        if sending.cancelled_caught and self._sending_since is not None:
+            self._ws.abort()  # the client does not read: nothing more can reach it
+
+    async def _close_then_read_tail(self, stream: SttStream) -> None:
+        """Draining, on a transport that reads after its close frame: nothing the client sent
+        is lost.
+
+        A real-time client streams until it sees the close frame, so frames are in flight
+        whenever the server stops reading. Here the queued messages go out, then the close
+        frame (1001), then every frame the client sent before it saw it is transcribed, up to
+        its own close frame, at most ``BACKLOG_MAX_S`` and never past the drain deadline. The
+        segments of that tail are stored but cannot be sent (nothing follows a close frame):
+        the client reads them from the conversation, which stays resumable on any node.
+        """
+        await self._close_outbox()
+        await self._ws.close(DRAINING.code, DRAINING.reason)
+        until = min(trio.current_time() + BACKLOG_MAX_S, self._drain_deadline())
+        with trio.move_on_at(until):
+            while (message := await self._ws.receive_after_close()) is not None:
+                await self._take(message, stream)
+                self.tail_frames += 1
 
     async def _receive_loop(self, stream: SttStream) -> None:
         """The hot path: one ``receive`` per frame; the rest is sync unless STT gets audio."""

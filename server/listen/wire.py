@@ -59,6 +59,8 @@ class ListenSocket(Protocol):
     scope: MutableMapping[str, Any]
     accepted: bool
     closed: bool
+    #: Whether :meth:`receive_after_close` can return the client's last frames.
+    reads_after_close: bool
 
     async def wait_connect(self) -> None:
         """Wait for the upgrade request (raises :class:`ClientGone` if the client left)."""
@@ -81,10 +83,18 @@ class ListenSocket(Protocol):
     async def close(self, code: int, reason: str = "") -> None:
         """Close with ``code`` (accepting first if needed); a no-op once closed."""
 
+    async def receive_after_close(self) -> Message | None:
+        """After :meth:`close`: the next data message the client sent before it saw the close
+        frame; ``None`` at its close frame, at EOF, or if the transport cannot read after its
+        close (``reads_after_close`` false)."""
+
 
 @final
 class AsgiWebSocket:
     """One accepted-or-not WebSocket connection, driven by ASGI messages."""
+
+    #: hypercorn ends the ASGI connection at ``websocket.close``: nothing is read after it.
+    reads_after_close = False
 
     def __init__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
         self.scope = scope
@@ -163,3 +173,8 @@ class AsgiWebSocket:
             )
         except OSError:
             pass  # the peer is already gone: nothing left to tell it
+
+    async def receive_after_close(self) -> Message | None:
+        """Nothing: hypercorn ends the connection at ``websocket.close``."""
+        await trio.lowlevel.checkpoint()
+        return None

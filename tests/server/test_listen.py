@@ -19,6 +19,7 @@ from server.store.sqlite import DB_FILENAME
 from server.stt.fake import FakeStream, FakeSttProvider, fake_text
 from server.testing import (
     RATE,
+    ListenClient,
     Received,
     frames,
     open_listen,
@@ -228,10 +229,14 @@ async def test_heartbeat_pings_and_idle_timeout_closes_1001(
     assert received.close_code == 1001 and "idle" in (received.close_reason or "")
 
 
-async def test_shutdown_sends_last_segments_then_1001(
+async def test_shutdown_sends_segments_so_far_then_1001_and_stores_the_rest(
     nursery: trio.Nursery, make_settings: Callable[..., Settings]
 ) -> None:
-    server = await start_server(nursery, make_settings(graceful_shutdown_s=5.0))
+    """At a drain, what was transcribed so far is sent, then the close frame; the client's
+    last frames (read after the close, see the next test) and the partial last second are
+    transcribed and stored, not sent: nothing can follow a close frame."""
+    settings = make_settings(graceful_shutdown_s=5.0)
+    server = await start_server(nursery, settings)
     audio = pcm(1.5, seed=7)
     results: list[Received] = []
     partial: list[Received] = []
@@ -254,10 +259,15 @@ async def test_shutdown_sends_last_segments_then_1001(
             await wait_until(lambda: registry.statistics().live == 2)
             await wait_until(lambda: sum(len(r.segments) for r in partial) >= 2)
             server.request_shutdown()
+        await wait_until(lambda: registry.statistics().live == 0)  # stored after the close
     expected = _expected(audio, 1) + [fake_text(1, audio[SECOND:])]
     for received in results:
         assert received.close_code == 1001
-        assert received.joined() == " ".join(expected)  # the tail was flushed before closing
+        assert received.joined() == expected[0]
+    db = pathlib.Path(settings.data_dir) / DB_FILENAME
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        rows = conn.execute("SELECT text FROM transcript_segments").fetchall()
+    assert sorted(text for (text,) in rows) == [" ".join(expected)] * 2  # one per user
 
 
 async def test_closed_socket_during_session_is_tolerated(server: ServerHandle) -> None:
@@ -377,9 +387,55 @@ async def test_drain_stores_the_frames_already_received(
             await wait_until(lambda: session._cause is not None)  # drained while stalled
             gate.set()
             received = await ws.read_until(lambda r: False)
+        await wait_until(lambda: server.context.sessions.statistics().live == 0)
     assert received.close_code == 1001
     db = pathlib.Path(settings.data_dir) / DB_FILENAME
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
         rows = conn.execute("SELECT text FROM transcript_segments").fetchall()
     expected = _expected(audio, 1) + [fake_text(1, audio[SECOND:])]
+    assert " ".join(text for (text,) in rows) == " ".join(expected)
+
+
+@pytest.mark.slow
+async def test_drain_stores_everything_the_client_sent_before_it_saw_the_close(
+    nursery: trio.Nursery, make_settings: Callable[..., Settings]
+) -> None:
+    """A client streams until it sees the 1001 (as a real-time device does): every frame it
+    sent before that is transcribed and stored, the partial last second too. The fast
+    transport reads after its close frame; frames in flight used to be lost (bench P3)."""
+    settings = make_settings(graceful_shutdown_s=5.0)
+    server = await start_server(nursery, settings)
+    audio = pcm(60.0, seed=12)
+    sent = 0
+
+    async def stream(ws: ListenClient) -> None:
+        nonlocal sent
+        await trio.lowlevel.checkpoint()
+        try:
+            for frame in frames(audio):
+                await ws.send_frame(frame)
+                sent += len(frame)
+                await trio.sleep(0.005)  # 20x real time: frames are always in flight
+        except ConnectionClosed:
+            return  # it saw the close frame: it sends nothing more
+
+    with trio.fail_after(20):
+        token = await _token(server)
+        async with open_listen(server.url, token=token) as ws:
+            await ws.read_until(lambda r: len(r.events) >= 3)
+            async with trio.open_nursery() as client:
+                client.start_soon(stream, ws)
+                await trio.sleep(0.5)
+                server.request_shutdown()
+                received = await ws.read_to_close()
+        await wait_until(lambda: server.context.sessions.statistics().live == 0)
+    assert received.close_code == 1001
+    assert 0 < sent < len(audio)
+    db = pathlib.Path(settings.data_dir) / DB_FILENAME
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        rows = conn.execute("SELECT text FROM transcript_segments").fetchall()
+    whole = sent // SECOND
+    expected = _expected(audio, whole)
+    if sent % SECOND:
+        expected.append(fake_text(whole, audio[whole * SECOND : sent]))
     assert " ".join(text for (text,) in rows) == " ".join(expected)
