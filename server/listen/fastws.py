@@ -202,7 +202,7 @@ class FastWebSocket:
     async def _read(self) -> None:
         """One read from the socket into the buffer; replies it caused are sent."""
         try:
-            data = await self._stream.receive_some(RECV_BYTES)
+            data = await self._stream.receive_some_unwoken(RECV_BYTES)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             await trio.lowlevel.checkpoint()
             data = b""
