@@ -55,7 +55,8 @@ async def _run_worker_process(
     """One ``python -m bench.loadgen worker`` process running every ``processes``-th session."""
     worker_config = replace(config, max_total_s=max(1.0, config.max_total_s - WORKER_MARGIN_S),
                             server_pid=None, stats_url=None)  # fmt: skip
-    argv = [sys.executable, "-m", "bench.loadgen", "worker", _config_json(worker_config),
+    nice = ["nice", "-n", str(config.worker_nice)] if config.worker_nice else []
+    argv = [*nice, sys.executable, "-m", "bench.loadgen", "worker", _config_json(worker_config),
             str(worker), str(config.processes)]  # fmt: skip
     done = await trio.run_process(argv, capture_stdout=True, check=False)
     try:
