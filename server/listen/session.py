@@ -3,11 +3,17 @@
 Tasks of a session (all in one nursery; when the session ends, all of them end)::
 
     receive loop   frames -> decode -> VAD gate -> STT stream        (this is the hot path)
-    stt consumer   STT events -> segments -> client + store queue + realtime hooks
+    stt consumer   STT events -> segments -> store (group commit) -> client + realtime hooks
     sender         the bounded outbox -> WebSocket (the only task that writes to the socket)
     heartbeat      "ping" every heartbeat_interval_s; idle_timeout_s without client data -> 1001
     lifecycle      conversation timeout -> persist, close durably, wake processing
-    persister      flushes queued segment writes every PERSIST_INTERVAL_S
+    retrier        only after a failed segment write: retries it every PERSIST_RETRY_S
+
+Durability: a segment is committed before the client is sent it (the write joins the other
+sessions' writes in one group-commit transaction, see ``server.store._group``), so a segment a
+client has received survives the server dying the next instant. If the write fails (storage
+unavailable), the client still gets the segment and the retrier writes it later; the session's
+end writes whatever is still pending (shielded, bounded).
 
 End of a session, whatever the cause (client gone, drain, idle, bad input): stop taking audio
 (a drain first takes the frames already received, see ``_read_backlog``), flush the STT
@@ -62,7 +68,8 @@ __all__ = [
 LOGGER = logging.getLogger(__name__)
 
 OUTBOX_SIZE: Final = 256
-PERSIST_INTERVAL_S: Final = 0.5
+#: Delay between retries of a failed segment write (writes normally happen per final).
+PERSIST_RETRY_S: Final = 0.5
 LIFECYCLE_TICK_S: Final = 5.0
 #: Bound on flushing the STT stream at the end of a session.
 STT_FLUSH_S: Final = 3.0
@@ -212,6 +219,7 @@ class ListenSession:
         self.ignored_text = 0
         self.suggested_segments = 0
         self._finals_lock = trio.Lock()
+        self._write_failed = trio.Event()
 
     # -- the registry's view ---------------------------------------------------------------
 
@@ -284,7 +292,7 @@ class ListenSession:
             nursery.start_soon(self._sender)
             nursery.start_soon(self._heartbeat)
             nursery.start_soon(self._lifecycle)
-            nursery.start_soon(self._persister)
+            nursery.start_soon(self._retrier)
             consumer_done = trio.Event()
             nursery.start_soon(self._consume_stt, stream, consumer_done)
             await self._status("ready", "Ready")
@@ -445,6 +453,7 @@ class ListenSession:
             if arrived is not None and self._latency is not None:
                 self._latency.stt_final(trio.current_time() - arrived)
             update = await self.tracker.add_final(mapped, origin)
+            await self._persist()  # before the client sees it (see the module docstring)
             if update.removed:  # a merge moved text out of these: clients drop them (Omi)
                 await self.emit({"type": "segments_deleted", "segment_ids": update.removed})
             if update.updated:
@@ -522,13 +531,20 @@ class ListenSession:
             if requested:
                 ended.set()
 
-    async def _persister(self) -> None:
+    async def _persist(self) -> None:
+        """Write the pending segments now; on failure keep them and wake the retrier."""
+        try:
+            await self.tracker.flush()
+        except Exception:  # kept pending (logged by the tracker): the retrier writes it later
+            self._write_failed.set()
+
+    async def _retrier(self) -> None:
+        """Idle until a write fails, then retry every ``PERSIST_RETRY_S`` until one succeeds."""
         while True:
-            await trio.sleep(PERSIST_INTERVAL_S)
-            try:
-                await self.tracker.flush()
-            except Exception:  # kept pending; retried on the next tick
-                continue
+            await self._write_failed.wait()
+            await trio.sleep(PERSIST_RETRY_S)
+            self._write_failed = trio.Event()
+            await self._persist()
 
 
 def _map_times(result: SttResult, to_session_s: Callable[[float], float]) -> SttResult:
