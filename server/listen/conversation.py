@@ -198,14 +198,17 @@ class ConversationTracker:
         await self._close(conversation, now)
 
     async def _close(self, conversation: Conversation, now: float) -> None:
+        # Read it *before* closing: once closed, a processing worker (or another node) may
+        # complete it before a read-back; the event reports the transition to ``processing``.
+        current = await self._store.get_conversation(self._user_id, conversation.id)
         outcome = await self._store.close_conversation(conversation.id, now)
         if outcome != "processing":
             return
-        # Read it back *before* waking the workers, so the event shows it as ``processing``.
-        closed = await self._store.get_conversation(self._user_id, conversation.id)
         self._wake_processing()
-        if closed is not None:
-            memory = self._conversation_json(closed)
+        if current is not None:
+            memory = self._conversation_json(
+                replace(current, status="processing", updated_at=max(current.updated_at, now))
+            )
             await self._emit(
                 {"type": "memory_processing_started", "memory": memory, "messages": []}
             )
