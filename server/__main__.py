@@ -16,10 +16,8 @@ a flag wins over its variable.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
-import pathlib
 import sys
 from collections.abc import Sequence
 from functools import partial
@@ -27,7 +25,7 @@ from typing import NoReturn
 
 import trio
 
-from server.settings import Settings, SettingsError, parse_settings, settings_parser
+from server.settings import SettingsError, parse_settings, settings_parser
 
 __all__ = ["main"]
 
@@ -46,12 +44,6 @@ COMMANDS_EPILOG = """commands:
 Flags win over TRIOSCRIBE_* environment variables, which win over the defaults."""
 
 
-def _secrets(settings: Settings) -> list[str | None]:
-    return [
-        getattr(settings, f.name) for f in dataclasses.fields(settings) if f.metadata.get("secret")
-    ]
-
-
 def _run_server(argv: Sequence[str]) -> int:
     parser = settings_parser(
         description="Run the trioscribe server.",
@@ -67,7 +59,9 @@ def _run_server(argv: Sequence[str]) -> int:
     from server.logs import configure_logging
     from server.supervisor import WORKER_ENV, WorkerTag, run_workers
 
-    handler = configure_logging(settings.log_level, settings.log_format, secrets=_secrets(settings))
+    handler = configure_logging(
+        settings.log_level, settings.log_format, secrets=settings.secret_values()
+    )
     worker = os.environ.get(WORKER_ENV)
     if worker is not None:
         handler.addFilter(WorkerTag(worker))
@@ -116,50 +110,41 @@ def _run_check(argv: Sequence[str]) -> int:
         print(f"check failed: {exc}")
         return EXIT_CHECK_FAILED
     from server.check import run_check
+    from server.logs import redact
 
     ok, line = trio.run(run_check, settings, args.migrate)
-    print(("ok: " if ok else "check failed: ") + line)
+    print(redact(("ok: " if ok else "check failed: ") + line, settings.secret_values()))
     return EXIT_OK if ok else EXIT_CHECK_FAILED
 
 
-def _split_data_dir(argv: Sequence[str]) -> tuple[str | None, list[str]]:
-    """Pull ``--data-dir DIR`` / ``--data-dir=DIR`` out of ``argv`` (it may stand anywhere)."""
-    data_dir: str | None = None
-    rest: list[str] = []
-    args = iter(argv)
-    for arg in args:
-        if arg == "--data-dir":
-            data_dir = next(args, None)
-            if data_dir is None:
-                raise SettingsError("invalid setting data_dir: --data-dir needs a value")
-        elif arg.startswith("--data-dir="):
-            data_dir = arg.split("=", 1)[1]
-        else:
-            rest.append(arg)
-    return data_dir, rest
+def _known_settings(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    """Split ``argv`` into the settings flags (anywhere) and the rest, in order."""
+    parser = settings_parser(add_help=False, allow_abbrev=False, parser_class=_CheckParser)
+    return parser.parse_known_args(list(argv))
 
 
 def _run_tokens(argv: Sequence[str]) -> int:
-    from server.settings import ENV_PREFIX
+    """``token ...`` / ``user list`` with any settings flags mixed in (``--data-dir``,
+    ``--database-url``, ...): the store is the one those settings name, as for the server."""
     from server.tokens_cli import main as tokens_main
 
     try:
-        data_dir, rest = _split_data_dir(argv)
+        args, rest = _known_settings(argv)
+        settings = parse_settings(args, os.environ)
     except SettingsError as exc:
         print(f"python -m server: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    chosen = data_dir or os.environ.get(ENV_PREFIX + "DATA_DIR") or "data"
-    return tokens_main(rest, data_dir=pathlib.Path(chosen))
+    return tokens_main(rest, settings=settings)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        _, rest = _split_data_dir(args)
-    except SettingsError:
-        rest = args
-    if rest and rest[0] in {"token", "user"}:
+        command = _known_settings(args)[1][:1]
+    except SettingsError:  # a bad flag: the server's parser reports it
+        command = []
+    if command in (["token"], ["user"]):
         return _run_tokens(args)
     if args and args[0] == "check":
         return _run_check(args[1:])
