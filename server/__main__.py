@@ -10,7 +10,9 @@ Usage::
     python -m server --version
 
 Every flag also reads ``TRIOSCRIBE_<NAME>`` from the environment (``python -m server --help``);
-a flag wins over its variable.
+a flag wins over its variable. ``check``, ``token`` and ``user`` open the store the server
+would (:func:`server.store.open_store`: SQLite in ``--data-dir``, or PostgreSQL with
+``--database-url``); settings flags may stand anywhere around a ``token``/``user`` command.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ COMMANDS_EPILOG = """commands:
                                exit 0 or 1
   token create USER [--label L] | token list [USER] | token revoke ID
                                manage API tokens (see also: user list)
+  Both use the server's store: SQLite in --data-dir, or PostgreSQL with --database-url.
 
 Flags win over TRIOSCRIBE_* environment variables, which win over the defaults."""
 
@@ -57,7 +60,7 @@ def _run_server(argv: Sequence[str]) -> int:
         print(f"python -m server: {exc}", file=sys.stderr)
         return EXIT_USAGE
     from server.logs import configure_logging
-    from server.supervisor import WORKER_ENV, WorkerTag, run_workers
+    from server.supervisor import WORKER_ENV, WorkerTag, lifeline_fd, run_workers
 
     handler = configure_logging(
         settings.log_level, settings.log_format, secrets=settings.secret_values()
@@ -69,12 +72,14 @@ def _run_server(argv: Sequence[str]) -> int:
         return run_workers(settings, argv)
     from server.serve import serve
 
+    lifeline = lifeline_fd(os.environ) if worker is not None else None
+
     async def main() -> bool:
         from server.serve import ServerHandle
 
         async with trio.open_nursery() as nursery:
             handle: ServerHandle = await nursery.start(
-                partial(serve, settings, handle_signals=True)
+                partial(serve, settings, handle_signals=True, lifeline=lifeline)
             )
         return handle.drain.forced
 
