@@ -44,6 +44,7 @@ def _server_accepts(settings: Settings, token: str) -> int:
     return trio.run(request)
 
 
+@pytest.mark.slow  # about 1 s: four store openings, a migration and a server start
 def test_check_and_tokens_use_the_database_url_and_never_the_data_dir(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
