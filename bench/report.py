@@ -193,8 +193,8 @@ def _p1m_steps(d: Mapping[str, Any]) -> list[str]:
     too short (marked ``*``).
     """
     lines = ["", f"P1M per step ({d.get('workers', '?')} workers per server, "
-             f"{d.get('generator_processes', '?')} generator processes at nice "
-             f"{d.get('generator_nice', '?')}, {d.get('cpus', '?')} CPUs; "
+             f"{d.get('generator_processes', '?')} generator processes started with "
+             f"`{d.get('generator_priority', '?')}`, {d.get('cpus', '?')} CPUs; "
              "cores while all sessions stream):", "",
              "| server | sessions | p99 ms | generator late frames | refused/failed "
              "| server cores | per process | PostgreSQL cores | machine busy cores "

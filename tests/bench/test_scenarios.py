@@ -4,6 +4,7 @@ of the report."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,14 @@ import trio
 from bench.__main__ import main as bench_main
 from bench.pg import open_bench_postgres
 from bench.report import load_results, table, write_report
-from bench.scenarios import Plan, best_under, p1m_server, p3_server, p4_server
+from bench.scenarios import (
+    Plan,
+    best_under,
+    generator_prefix,
+    p1m_server,
+    p3_server,
+    p4_server,
+)
 
 TINY: Plan = Plan(
     p4_idle_sessions=3,
@@ -110,10 +118,10 @@ def test_cli_report_and_bad_scenario(tmp_path: Path, capsys: pytest.CaptureFixtu
         bench_main(["scenarios", "--only", "P9", "--results", str(tmp_path)])
 
 
-async def _p1m_trioscribe(out: dict[str, Any], plan: Plan) -> None:
+async def _p1m_trioscribe(out: dict[str, Any], plan: Plan, prefix: tuple[str, ...]) -> None:
     async with open_bench_postgres() as pg:
         out["postgres"] = pg.settings
-        out["trioscribe"] = await p1m_server("trioscribe", plan, pg)
+        out["trioscribe"] = await p1m_server("trioscribe", plan, pg, prefix)
 
 
 @pytest.mark.slow
@@ -122,9 +130,11 @@ async def test_p1m_runs_both_servers_with_two_workers(tmp_path: Path) -> None:
     plan = Plan(p1m_steps=(4,), p1_duration_s=2, p1m_budget_s=40.0)
     out: dict[str, Any] = {"workers": 2}
     with trio.fail_after(60):
+        # As root (CI): the generator runs real-time FIFO; elsewhere at normal priority.
+        prefix = await generator_prefix(plan.p1m_generator_prefixes)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_p1m_trioscribe, out, plan)
-            nursery.start_soon(_store, out, "baseline", p1m_server, "baseline", plan, None)
+            nursery.start_soon(_p1m_trioscribe, out, plan, prefix)
+            nursery.start_soon(_store, out, "baseline", p1m_server, "baseline", plan, None, prefix)
     for name in ("trioscribe", "baseline"):
         (run,) = out[name]["runs"]
         assert (run["succeeded"], run["lost"], run["mismatched"]) == (4, 0, 0), name
@@ -167,3 +177,10 @@ def test_p1m_figures_come_from_the_edge_step(tmp_path: Path) -> None:
     assert "| P1M | PostgreSQL commits/s at the 1 s edge (trioscribe's store) | 400 | - |" in text
     assert "| trioscribe | 400 | 2000 | 0 | 0 | 1.50 | 0.80/0.70 | 0.20 | 1.90 | 500 |" in text
     assert "- P1M baseline: generator-bound at [200] sessions" in text
+
+
+async def test_generator_prefix_takes_only_a_higher_priority() -> None:
+    with trio.fail_after(20):
+        assert await generator_prefix([("false",), ("env",), ("nice", "-n", "5")]) == ()
+        if os.geteuid() == 0:  # CI runs as root: real-time FIFO is granted
+            assert await generator_prefix([("env",), ("chrt", "-f", "1")]) == ("chrt", "-f", "1")
