@@ -671,6 +671,7 @@ async def generator_prefix(candidates: Sequence[tuple[str, ...]]) -> tuple[str, 
     CAP_SYS_NICE). Real-time wins over every normal process, autogroups included: with
     ``kernel.sched_autogroup_enabled``, a niceness only counts inside its own session's group,
     and trioscribe's workers run in sessions of their own."""
+    await trio.lowlevel.checkpoint()
     probe = "import os; print(os.sched_getscheduler(0), os.nice(0))"
     for prefix in candidates:
         done = await trio.run_process([*prefix, sys.executable, "-c", probe], capture_stdout=True,
