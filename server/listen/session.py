@@ -507,6 +507,7 @@ class ListenSession:
         the heartbeat and idle check, the conversation's timeout (and ends requested from
         outside), and retries of a failed segment write. Wakes at the earliest of them, or
         when ``_wake`` is set (an end request, a failed write)."""
+        await trio.lowlevel.checkpoint()
         beat_s = min(self._config.heartbeat_interval_s, self._config.idle_timeout_s)
         next_beat = trio.current_time() + beat_s
         while True:
@@ -566,6 +567,7 @@ class ListenSession:
         try:
             await self.tracker.flush()
         except Exception:  # kept pending (logged by the tracker): retried by ``_timers``
+            await trio.lowlevel.checkpoint()
             if self._retry_at is None:
                 self._retry_at = trio.current_time() + PERSIST_RETRY_S
                 self._wake.set()
