@@ -44,7 +44,6 @@ from server.compose import Components, Overrides, open_components
 from server.context import AppContext
 from server.drain import Drain
 from server.guard import Takeover, arm_watchdog, guard_asgi, make_guard, serve_guarded
-from server.listen.fastws import serve_websocket
 from server.settings import Settings
 from server.supervisor import WORKER_ENV, reuse_port_socket
 
@@ -115,15 +114,9 @@ def _hypercorn_config(settings: Settings) -> Config:
 def _listen_takeover(components: Components) -> Takeover | None:
     """``--listen-transport fast``: ``/v4/listen`` upgrades bypass hypercorn (see
     :mod:`server.listen.fastws`); ``hypercorn``: everything goes through hypercorn."""
-    settings = components.context.settings
-    if settings.listen_transport != "fast":
+    if components.context.settings.listen_transport != "fast":
         return None
-    serve = partial(
-        serve_websocket,
-        app=components.listen_handler.serve,
-        max_message_bytes=settings.ws_max_message_bytes,
-    )
-    return Takeover(LISTEN_PATHS, serve)
+    return Takeover(LISTEN_PATHS, components.listen_handler.serve_upgrade)
 
 
 def _begin_drain(drain: Drain, settings: Settings, why: str) -> None:
