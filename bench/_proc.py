@@ -14,9 +14,26 @@ from dataclasses import dataclass
 
 import trio
 
-__all__ = ["ServerProcess", "cpu_seconds", "open_server_process", "pin_self", "rss_and_threads"]
+__all__ = [
+    "ServerProcess",
+    "cpu_seconds",
+    "machine_cpu_s",
+    "open_server_process",
+    "pin_self",
+    "process_tree",
+    "rss_and_threads",
+    "start_ticks",
+    "tree_cpu_s",
+    "unpin_self",
+]
 
 _TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def start_ticks(pid: int) -> int:
+    """When ``pid`` started (clock ticks since boot): with the pid, names one process for good."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        return int(f.read().rsplit(b")", 1)[1].split()[19])
 
 
 def cpu_seconds(pid: int) -> float:
@@ -24,6 +41,50 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat", "rb") as f:
         fields = f.read().rsplit(b")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and every live descendant of it (by the parent pid in each ``/proc/<pid>/stat``)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended meanwhile
+        children.setdefault(ppid, []).append(int(entry.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo += children.get(pid, [])
+    return tree
+
+
+def tree_cpu_s(root: int) -> dict[int, float]:
+    """User + system CPU seconds so far of ``root`` and each live descendant, by pid.
+
+    A descendant that exits between two readings takes its CPU time with it; the servers'
+    worker processes live as long as the server does.
+    """
+    out: dict[int, float] = {}
+    for pid in process_tree(root):
+        try:
+            out[pid] = cpu_seconds(pid)
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
+def machine_cpu_s() -> tuple[float, float]:
+    """``(busy, total)`` CPU seconds of the whole machine so far, summed over its CPUs
+    (``/proc/stat``; idle and iowait are not busy)."""
+    with open("/proc/stat", "rb") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal (guest is in user)
+    return (total - fields[3] - fields[4]) / _TICKS, total / _TICKS
 
 
 def rss_and_threads(pid: int) -> tuple[int, int]:
@@ -42,6 +103,12 @@ def pin_self(cpu: int) -> None:
     """Run this process on one CPU (if the machine has it)."""
     if hasattr(os, "sched_setaffinity") and cpu < (os.cpu_count() or 1):
         os.sched_setaffinity(0, {cpu})
+
+
+def unpin_self() -> None:
+    """Let this process (and the children it starts from now on) run on every CPU."""
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, range(os.cpu_count() or 1))
 
 
 @dataclass

@@ -5,9 +5,10 @@ The figure that matters is *frames per server CPU-second*: it is independent of 
 client or the server saturates first. Ceiling: a bare hypercorn-trio WebSocket echo (raw ASGI)
 with the same client, connection count and 3,200-byte frames (100 ms of 16 kHz PCM16).
 ``/v4/listen`` runs the real pipeline with the ``fake`` STT and VAD off: decode, STT feed,
-segment assembly, client updates and batched SQLite writes.
+segment assembly, client updates and batched SQLite writes, once per ``--listen-transport``
+(``fast``: frames parsed on the socket, the default; ``hypercorn``: its ASGI WebSocket path).
 
-    python -m bench.listen_throughput [--connections 32] [--seconds 6]
+    python -m bench.listen_throughput [--connections 32] [--seconds 6] [--transports fast,hypercorn]
 
 Loopback only; bounded by ``--seconds`` per phase.
 """
@@ -115,8 +116,9 @@ async def _stats_frames(client: httpx.AsyncClient) -> int:
     return int(stats["sessions"]["totals"].get("frames", 0))
 
 
-async def measure_listen(connections: int, seconds: float) -> Phase:
-    """Frames accepted per second by ``/v4/listen`` (counted by the server itself)."""
+async def measure_listen(connections: int, seconds: float, transport: str = "fast") -> Phase:
+    """Frames accepted per second by ``/v4/listen`` (counted by the server itself), served by
+    ``transport`` (``--listen-transport``)."""
     with tempfile.TemporaryDirectory() as data_dir:
         env = {
             "TRIOSCRIBE_DATA_DIR": data_dir,
@@ -128,6 +130,9 @@ async def measure_listen(connections: int, seconds: float) -> Phase:
             "TRIOSCRIBE_MAX_SESSIONS_PER_USER": str(connections + 10),
             "TRIOSCRIBE_DAY_SUMMARY_HOUR_UTC": "-1",
             "TRIOSCRIBE_LOG_LEVEL": "WARNING",
+            "TRIOSCRIBE_LISTEN_TRANSPORT": transport,
+            # clients send as fast as the server takes frames: not the budget under test
+            "TRIOSCRIBE_WS_MAX_FRAMES_PER_S": "1000000",
         }
         async with open_server_process(
             ["-m", "server", "--log-level", "INFO"],
@@ -153,7 +158,7 @@ async def measure_listen(connections: int, seconds: float) -> Phase:
                 elapsed = trio.current_time() - started
                 used = cpu_seconds(server.pid) - before
                 frames = await _stats_frames(client) - frames_before
-    return Phase("/v4/listen (fake STT, VAD off)", elapsed, frames, used)
+    return Phase(f"/v4/listen (fake STT, VAD off, {transport})", elapsed, frames, used)
 
 
 def _table(phases: list[Phase], echo_ratio: float, sink_ratio: float) -> str:
@@ -170,12 +175,15 @@ def _table(phases: list[Phase], echo_ratio: float, sink_ratio: float) -> str:
     return "\n".join(lines)
 
 
-async def main(connections: int, seconds: float) -> dict[str, object]:
-    """Run both phases and return the figures."""
+async def main(
+    connections: int, seconds: float, transports: tuple[str, ...] = ("fast",)
+) -> dict[str, object]:
+    """Run the phases and return the figures (ratios: the first transport's)."""
     pin_self(1)
     echo = await measure_bare(connections, seconds, sink=False)
     sink = await measure_bare(connections, seconds, sink=True)
-    listen = await measure_listen(connections, seconds)
+    listens = [await measure_listen(connections, seconds, t) for t in transports]
+    listen = listens[0]
     echo_ratio = _ratio(listen, echo)
     sink_ratio = _ratio(listen, sink)
     result = {
@@ -183,14 +191,14 @@ async def main(connections: int, seconds: float) -> dict[str, object]:
         "seconds": seconds,
         "phases": [
             asdict(p) | {"frames_per_s": p.frames_per_s, "frames_per_cpu_s": p.frames_per_cpu_s}
-            for p in (echo, sink, listen)
+            for p in (echo, sink, *listens)
         ],
         "listen_vs_echo_per_core": echo_ratio,
         "listen_vs_sink_per_core": sink_ratio,
         "sessions_at_10_frames_per_s_per_core": listen.frames_per_cpu_s / 10,
     }
     print(json.dumps(result, indent=2))
-    print(_table([echo, sink, listen], echo_ratio, sink_ratio))
+    print(_table([echo, sink, *listens], echo_ratio, sink_ratio))
     return result
 
 
@@ -202,5 +210,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument(
+        "--transports",
+        default="fast,hypercorn",
+        help="comma-separated --listen-transport values to measure (ratios: the first)",
+    )
     args = parser.parse_args()
-    trio.run(main, args.connections, args.seconds)
+    trio.run(main, args.connections, args.seconds, tuple(args.transports.split(",")))

@@ -10,16 +10,16 @@ Usage::
     python -m server --version
 
 Every flag also reads ``TRIOSCRIBE_<NAME>`` from the environment (``python -m server --help``);
-a flag wins over its variable.
+a flag wins over its variable. ``check``, ``token`` and ``user`` open the store the server
+would (:func:`server.store.open_store`: SQLite in ``--data-dir``, or PostgreSQL with
+``--database-url``); settings flags may stand anywhere around a ``token``/``user`` command.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
-import pathlib
 import sys
 from collections.abc import Sequence
 from functools import partial
@@ -27,7 +27,7 @@ from typing import NoReturn
 
 import trio
 
-from server.settings import Settings, SettingsError, parse_settings, settings_parser
+from server.settings import SettingsError, parse_settings, settings_parser
 
 __all__ = ["main"]
 
@@ -42,14 +42,9 @@ COMMANDS_EPILOG = """commands:
                                exit 0 or 1
   token create USER [--label L] | token list [USER] | token revoke ID
                                manage API tokens (see also: user list)
+  Both use the server's store: SQLite in --data-dir, or PostgreSQL with --database-url.
 
 Flags win over TRIOSCRIBE_* environment variables, which win over the defaults."""
-
-
-def _secrets(settings: Settings) -> list[str | None]:
-    return [
-        getattr(settings, f.name) for f in dataclasses.fields(settings) if f.metadata.get("secret")
-    ]
 
 
 def _run_server(argv: Sequence[str]) -> int:
@@ -65,9 +60,11 @@ def _run_server(argv: Sequence[str]) -> int:
         print(f"python -m server: {exc}", file=sys.stderr)
         return EXIT_USAGE
     from server.logs import configure_logging
-    from server.supervisor import WORKER_ENV, WorkerTag, run_workers
+    from server.supervisor import WORKER_ENV, WorkerTag, lifeline_fd, run_workers
 
-    handler = configure_logging(settings.log_level, settings.log_format, secrets=_secrets(settings))
+    handler = configure_logging(
+        settings.log_level, settings.log_format, secrets=settings.secret_values()
+    )
     worker = os.environ.get(WORKER_ENV)
     if worker is not None:
         handler.addFilter(WorkerTag(worker))
@@ -75,12 +72,14 @@ def _run_server(argv: Sequence[str]) -> int:
         return run_workers(settings, argv)
     from server.serve import serve
 
+    lifeline = lifeline_fd(os.environ) if worker is not None else None
+
     async def main() -> bool:
         from server.serve import ServerHandle
 
         async with trio.open_nursery() as nursery:
             handle: ServerHandle = await nursery.start(
-                partial(serve, settings, handle_signals=True)
+                partial(serve, settings, handle_signals=True, lifeline=lifeline)
             )
         return handle.drain.forced
 
@@ -116,50 +115,41 @@ def _run_check(argv: Sequence[str]) -> int:
         print(f"check failed: {exc}")
         return EXIT_CHECK_FAILED
     from server.check import run_check
+    from server.logs import redact
 
     ok, line = trio.run(run_check, settings, args.migrate)
-    print(("ok: " if ok else "check failed: ") + line)
+    print(redact(("ok: " if ok else "check failed: ") + line, settings.secret_values()))
     return EXIT_OK if ok else EXIT_CHECK_FAILED
 
 
-def _split_data_dir(argv: Sequence[str]) -> tuple[str | None, list[str]]:
-    """Pull ``--data-dir DIR`` / ``--data-dir=DIR`` out of ``argv`` (it may stand anywhere)."""
-    data_dir: str | None = None
-    rest: list[str] = []
-    args = iter(argv)
-    for arg in args:
-        if arg == "--data-dir":
-            data_dir = next(args, None)
-            if data_dir is None:
-                raise SettingsError("invalid setting data_dir: --data-dir needs a value")
-        elif arg.startswith("--data-dir="):
-            data_dir = arg.split("=", 1)[1]
-        else:
-            rest.append(arg)
-    return data_dir, rest
+def _known_settings(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    """Split ``argv`` into the settings flags (anywhere) and the rest, in order."""
+    parser = settings_parser(add_help=False, allow_abbrev=False, parser_class=_CheckParser)
+    return parser.parse_known_args(list(argv))
 
 
 def _run_tokens(argv: Sequence[str]) -> int:
-    from server.settings import ENV_PREFIX
+    """``token ...`` / ``user list`` with any settings flags mixed in (``--data-dir``,
+    ``--database-url``, ...): the store is the one those settings name, as for the server."""
     from server.tokens_cli import main as tokens_main
 
     try:
-        data_dir, rest = _split_data_dir(argv)
+        args, rest = _known_settings(argv)
+        settings = parse_settings(args, os.environ)
     except SettingsError as exc:
         print(f"python -m server: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    chosen = data_dir or os.environ.get(ENV_PREFIX + "DATA_DIR") or "data"
-    return tokens_main(rest, data_dir=pathlib.Path(chosen))
+    return tokens_main(rest, settings=settings)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        _, rest = _split_data_dir(args)
-    except SettingsError:
-        rest = args
-    if rest and rest[0] in {"token", "user"}:
+        command = _known_settings(args)[1][:1]
+    except SettingsError:  # a bad flag: the server's parser reports it
+        command = []
+    if command in (["token"], ["user"]):
         return _run_tokens(args)
     if args and args[0] == "check":
         return _run_check(args[1:])

@@ -48,7 +48,7 @@ from server.processing.summarise_embedded import EmbeddedSummariser
 from server.processing.summarise_openai import OpenAISummariser
 from server.processing.worker import ProcessingConfig, ProcessingWorkers
 from server.settings import Settings
-from server.store import DB_FILENAME, Store, open_sqlite_store
+from server.store import Store, open_store
 from server.stt.base import SttProvider
 from server.wakeup import Wakeup
 from server.webhooks.delivery import DeliveryConfig, DeliveryWorkers
@@ -235,13 +235,7 @@ async def _open_store(settings: Settings, stats: Stats) -> AsyncIterator[Store]:
         max_waiting=settings.storage_max_waiting,
         abandon_on_cancel=True,
     )
-    if settings.database_url:
-        from server.store.postgres import open_postgres_store
-
-        opened = open_postgres_store(settings.database_url, lane=lane)
-    else:
-        opened = open_sqlite_store(settings.data_dir / DB_FILENAME, lane=lane)
-    async with opened as store:
+    async with open_store(settings, lane=lane) as store:
         stats["storage"] = lane.statistics
         yield store
 

@@ -7,7 +7,9 @@ Ownership, outermost first (each line owns everything below it)::
         │                          lanes, realtime nursery — closed last, after every user
         │                          of them ended (see :mod:`server.compose`)
         └── daemons nursery        signal watcher (1st SIGTERM/SIGINT: drain; 2nd: cancel all
-            │                      now), loop-lag monitor; cancelled when the work is done
+            │                      now), supervisor watcher (``--workers`` child: its parent
+            │                      died -> drain as on SIGTERM), loop-lag monitor; cancelled
+            │                      when the work is done
             └── work nursery       deadline = the drain deadline once shutdown begins
                 ├── shutdown sequence  sessions get 1001 -> then hypercorn is told to stop
                 ├── background workers sweeper, processing, webhook delivery, day summary;
@@ -42,7 +44,6 @@ from server.compose import Components, Overrides, open_components
 from server.context import AppContext
 from server.drain import Drain
 from server.guard import Takeover, arm_watchdog, guard_asgi, make_guard, serve_guarded
-from server.listen.fastws import serve_websocket
 from server.settings import Settings
 from server.supervisor import WORKER_ENV, reuse_port_socket
 
@@ -113,33 +114,41 @@ def _hypercorn_config(settings: Settings) -> Config:
 def _listen_takeover(components: Components) -> Takeover | None:
     """``--listen-transport fast``: ``/v4/listen`` upgrades bypass hypercorn (see
     :mod:`server.listen.fastws`); ``hypercorn``: everything goes through hypercorn."""
-    settings = components.context.settings
-    if settings.listen_transport != "fast":
+    if components.context.settings.listen_transport != "fast":
         return None
-    serve = partial(
-        serve_websocket,
-        app=components.listen_handler.serve,
-        max_message_bytes=settings.ws_max_message_bytes,
-    )
-    return Takeover(LISTEN_PATHS, serve)
+    return Takeover(LISTEN_PATHS, components.listen_handler.serve_upgrade)
+
+
+def _begin_drain(drain: Drain, settings: Settings, why: str) -> None:
+    """The first SIGTERM's effect: drain within ``graceful_shutdown_s``, watchdog armed."""
+    LOGGER.info("%s: draining (deadline %.1f s)", why, settings.graceful_shutdown_s)
+    arm_watchdog(settings.graceful_shutdown_s + WATCHDOG_AFTER_S)
+    drain.request(settings.graceful_shutdown_s)
 
 
 async def _watch_signals(drain: Drain, settings: Settings, root: trio.CancelScope) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
             if not drain.requested.is_set():
-                LOGGER.info(
-                    "%s: draining (deadline %.1f s)",
-                    signal.Signals(signum).name,
-                    settings.graceful_shutdown_s,
-                )
-                arm_watchdog(settings.graceful_shutdown_s + WATCHDOG_AFTER_S)
-                drain.request(settings.graceful_shutdown_s)
+                _begin_drain(drain, settings, signal.Signals(signum).name)
             else:
                 LOGGER.warning("second signal: cancelling everything now")
                 arm_watchdog(WATCHDOG_AFTER_S)
                 drain.force()
                 root.cancel()
+
+
+async def _watch_supervisor(lifeline: int, drain: Drain, settings: Settings) -> None:
+    """Drain as on SIGTERM once the supervisor's end of ``lifeline`` (a pipe it never writes
+    to) closes: the supervisor died without signalling (SIGKILL, OOM). Owns and closes the fd.
+
+    Cancellation: returns when cancelled (the daemons nursery ends with the run).
+    """
+    async with trio.lowlevel.FdStream(lifeline) as stream:
+        while await stream.receive_some(64):
+            pass  # nothing is ever written; b"" is the end of the supervisor
+    if not drain.requested.is_set():
+        _begin_drain(drain, settings, "supervisor gone")
 
 
 async def _shutdown_sequence(ctx: AppContext, stop_http: trio.Event) -> None:
@@ -157,6 +166,7 @@ async def serve(  # noqa: ASYNC128 -- task_status reaches started() in _run_work
     settings: Settings,
     *,
     handle_signals: bool = False,
+    lifeline: int | None = None,
     task_status: trio.TaskStatus[ServerHandle] = trio.TASK_STATUS_IGNORED,
     **overrides: Unpack[Overrides],
 ) -> None:
@@ -165,6 +175,9 @@ async def serve(  # noqa: ASYNC128 -- task_status reaches started() in _run_work
     Args:
         settings: the run's settings.
         handle_signals: watch SIGTERM/SIGINT (``python -m server`` does; tests don't).
+        lifeline: a ``--workers`` child's pipe from its supervisor (the read end's fd, closed
+            by its watcher once the server runs): its end of file drains the server as SIGTERM
+            would (see :mod:`server.supervisor`).
         overrides: components to use instead of the configured ones (tests inject an open STT
             provider with failure knobs, or a short webhook retry schedule, this way; see
             :class:`server.compose.Overrides`).
@@ -174,13 +187,14 @@ async def serve(  # noqa: ASYNC128 -- task_status reaches started() in _run_work
     still runs, shielded and bounded.
     """
     async with open_components(settings, **overrides) as components:
-        await _run_root(components, handle_signals, task_status)
+        await _run_root(components, handle_signals, lifeline, task_status)
     LOGGER.info("stopped")
 
 
 async def _run_root(  # noqa: ASYNC128 -- task_status reaches started() in _run_work
     components: Components,
     handle_signals: bool,
+    lifeline: int | None,
     task_status: trio.TaskStatus[ServerHandle],
 ) -> None:
     ctx = components.context
@@ -188,6 +202,8 @@ async def _run_root(  # noqa: ASYNC128 -- task_status reaches started() in _run_
     async with trio.open_nursery() as daemons:  # live for the whole run, cancelled at its end
         if handle_signals:
             daemons.start_soon(_watch_signals, ctx.drain, settings, daemons.cancel_scope)
+        if lifeline is not None:
+            daemons.start_soon(_watch_supervisor, lifeline, ctx.drain, settings)
         lag = LoopLagMonitor()
         ctx.stats["loop_lag"] = lag.statistics
         ctx.stats["process"] = _process_info

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 __all__ = [
     "ENV_PREFIX",
@@ -167,6 +168,17 @@ class Settings:
             value = getattr(self, f.name)
             out[f.name] = "***" if f.metadata.get("secret") and value else value
         return out
+
+    def secret_values(self) -> list[str]:
+        """Every secret's literal value (and the password inside ``database_url``), for
+        masking in anything printed or logged."""
+        values = [
+            value
+            for f in dataclasses.fields(self)
+            if f.metadata.get("secret") and (value := getattr(self, f.name))
+        ]
+        password = urlsplit(self.database_url).password if self.database_url else None
+        return [*values, password] if password else values
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{k}={v!r}" for k, v in self.redacted().items())

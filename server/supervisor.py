@@ -12,7 +12,15 @@ the same flags, the resolved port and :data:`WORKER_ENV` set), and supervises th
 * SIGTERM/SIGINT is forwarded to every child (they run in their own sessions, so a terminal's
   Ctrl-C reaches them once, through here); each drains within ``graceful_shutdown_s``; a child
   still running ``graceful_shutdown_s`` + :data:`KILL_MARGIN_S` after the signal is killed.
-  A second signal is forwarded too (children then cancel at once).
+  A second signal is forwarded too (children then cancel at once);
+* each child gets the read end of a pipe whose only write end the parent holds (its
+  *lifeline*, fd number in :data:`LIFELINE_ENV`). The parent never writes to it: when the parent
+  dies without a chance to signal (SIGKILL, the OOM killer), the kernel closes the write end,
+  the child reads EOF and drains exactly as on SIGTERM (sessions closed with 1001, storage
+  finished, exit 0 within ``graceful_shutdown_s``), so no orphan keeps the port.
+  ``PR_SET_PDEATHSIG`` is not used: it is Linux-only, and it fires when the *thread* that
+  forked the child exits, and ``trio.lowlevel.open_process`` forks from a cached worker thread
+  that idles out on its own; a pipe's EOF depends only on the parent process.
 
 The parent exits 0 once every child has exited 0 after the shutdown request, 1 otherwise.
 """
@@ -24,19 +32,28 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 import trio
 
 from server.settings import Settings
 
-__all__ = ["WORKER_ENV", "WorkerTag", "reuse_port_socket", "run_workers"]
+__all__ = [
+    "LIFELINE_ENV",
+    "WORKER_ENV",
+    "WorkerTag",
+    "lifeline_fd",
+    "reuse_port_socket",
+    "run_workers",
+]
 
 LOGGER = logging.getLogger(__name__)
 
 #: Set (to the worker's index) in a child's environment: that process serves, never supervises.
 WORKER_ENV: Final = "TRIOSCRIBE_WORKER_INDEX"
+#: Set in a child's environment: the fd number of its lifeline's read end (see the docstring).
+LIFELINE_ENV: Final = "TRIOSCRIBE_WORKER_LIFELINE_FD"
 RESTART_BACKOFF_S: Final = 0.5
 MAX_RESTART_BACKOFF_S: Final = 30.0
 #: A child that ran this long before dying is restarted after the initial backoff again.
@@ -57,6 +74,12 @@ class WorkerTag(logging.Filter):
         if not record.name.startswith(self._prefix):
             record.name = self._prefix + record.name
         return True
+
+
+def lifeline_fd(environ: Mapping[str, str]) -> int | None:
+    """The lifeline this process got from a supervisor (``None``: it has none)."""
+    raw = environ.get(LIFELINE_ENV)
+    return int(raw) if raw and raw.isdigit() else None
 
 
 def reuse_port_socket(host: str, port: int) -> socket.socket:
@@ -97,12 +120,16 @@ class _Supervisor:
         """Run worker ``index`` until a shutdown; restart it whenever it dies before one."""
         await trio.lowlevel.checkpoint()
         backoff = RESTART_BACKOFF_S
-        env = {**os.environ, WORKER_ENV: str(index)}
         while not self.stopping:
             started = trio.current_time()
-            proc = await trio.lowlevel.open_process(
-                self._command(), env=env, start_new_session=True
-            )
+            read_end, write_end = os.pipe()  # both close-on-exec: no sibling inherits them
+            try:
+                proc = await self._spawn(index, read_end)
+            except BaseException:
+                os.close(write_end)
+                raise
+            finally:
+                os.close(read_end)  # the child has its copy
             self.procs[index] = proc
             if self.stop_requested():  # the signal came while this one was starting
                 proc.send_signal(signal.SIGTERM)
@@ -111,6 +138,7 @@ class _Supervisor:
                 returncode = await self._wait(proc)
             finally:
                 del self.procs[index]
+                os.close(write_end)
             if self.stop_requested():
                 if returncode != 0:
                     self.failed_exits += 1
@@ -129,6 +157,13 @@ class _Supervisor:
             self.restarts += 1
             await trio.sleep(backoff)
             backoff = min(backoff * 2, MAX_RESTART_BACKOFF_S)
+
+    async def _spawn(self, index: int, lifeline: int) -> trio.Process:
+        """Start worker ``index`` with ``lifeline`` (a pipe's read end) as its only extra fd."""
+        env = {**os.environ, WORKER_ENV: str(index), LIFELINE_ENV: str(lifeline)}
+        return await trio.lowlevel.open_process(
+            self._command(), env=env, start_new_session=True, pass_fds=(lifeline,)
+        )
 
     async def _wait(self, proc: trio.Process) -> int:
         """Wait for ``proc``; once a shutdown began, kill it at the stop deadline."""

@@ -1,4 +1,4 @@
-"""``python -m server token|user ...``: manage users and API tokens in the data directory.
+"""``python -m server token|user ...``: manage users and API tokens in the server's store.
 
 Commands::
 
@@ -7,8 +7,9 @@ Commands::
     token revoke TOKEN_ID|PREFIX     revoke one token (a prefix must match exactly one token)
     user list                        id, name, created
 
-It opens the same SQLite store as the server (:func:`server.store.open_sqlite_store`, so the
-schema is migrated the same way) inside ``trio.run``. Errors go to stderr as one line, exit 2.
+It opens the store the settings name exactly as the server does (:func:`server.store.open_store`:
+SQLite in ``--data-dir``, or PostgreSQL with ``--database-url``; the schema is migrated the same
+way) inside ``trio.run``. Errors go to stderr as one line, exit 2.
 """
 
 from __future__ import annotations
@@ -18,15 +19,15 @@ import re
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Final, NoReturn
 
 import trio
 
 from lanes import LaneError
 from server.clock import wall_now
-from server.store import DB_FILENAME, StoreError, TokenInfo, User, open_sqlite_store
-from server.store.sqlite import SqliteStore
+from server.logs import redact
+from server.settings import Settings
+from server.store import Store, StoreError, TokenInfo, User, open_store
 
 __all__ = ["main"]
 
@@ -63,13 +64,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str], *, data_dir: Path) -> int:
-    """Run one command (``argv`` starts with ``token`` or ``user``); return the exit code."""
+def main(argv: Sequence[str], *, settings: Settings) -> int:
+    """Run one command (``argv`` starts with ``token`` or ``user``) on the store ``settings``
+    name; return the exit code."""
     try:
         args = _parser().parse_args(list(argv))
-        output = trio.run(_dispatch, args, data_dir / DB_FILENAME)
+        output = trio.run(_dispatch, args, settings)
     except (CliError, StoreError, LaneError, OSError) as exc:
-        print(f"{PROG}: {_one_line(exc)}", file=sys.stderr)
+        print(f"{PROG}: {redact(_one_line(exc), settings.secret_values())}", file=sys.stderr)
         return EXIT_ERROR
     if output:
         print(output)
@@ -80,8 +82,8 @@ def _one_line(exc: Exception) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-async def _dispatch(args: argparse.Namespace, path: Path) -> str:
-    async with open_sqlite_store(path, threads=1) as store:
+async def _dispatch(args: argparse.Namespace, settings: Settings) -> str:
+    async with open_store(settings, threads=1) as store:
         command = f"{args.group} {args.command}"
         if command == "token create":
             return await _create(store, args.user, args.label)
@@ -92,7 +94,7 @@ async def _dispatch(args: argparse.Namespace, path: Path) -> str:
         return "\n".join([USER_HEADER, *map(_user_line, await store.list_users())])
 
 
-async def _create(store: SqliteStore, name: str, label: str) -> str:
+async def _create(store: Store, name: str, label: str) -> str:
     if not USER_NAME.match(name):
         raise CliError(f"invalid user name {name!r}: use 1-64 characters of [A-Za-z0-9_.@-]")
     now = wall_now()
@@ -101,7 +103,7 @@ async def _create(store: SqliteStore, name: str, label: str) -> str:
     return raw
 
 
-async def _users(store: SqliteStore, name: str | None) -> list[User]:
+async def _users(store: Store, name: str | None) -> list[User]:
     if name is None:
         return await store.list_users()
     user = await store.get_user_by_name(name)
@@ -110,14 +112,14 @@ async def _users(store: SqliteStore, name: str | None) -> list[User]:
     return [user]
 
 
-async def _list_tokens(store: SqliteStore, name: str | None) -> str:
+async def _list_tokens(store: Store, name: str | None) -> str:
     lines = [TOKEN_HEADER]
     for user in await _users(store, name):
         lines.extend(_token_line(user, info) for info in await store.list_tokens(user.id))
     return "\n".join(lines)
 
 
-async def _revoke(store: SqliteStore, wanted: str) -> str:
+async def _revoke(store: Store, wanted: str) -> str:
     matches: list[tuple[User, TokenInfo]] = []
     for user in await store.list_users():
         for info in await store.list_tokens(user.id):

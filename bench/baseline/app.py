@@ -42,7 +42,15 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Request, WebSocket,
 from fastapi.responses import JSONResponse
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-__all__ = ["BaselineSettings", "CircuitBreaker", "FakeStt", "create_app", "tokens_to_uids"]
+__all__ = [
+    "BaselineSettings",
+    "CircuitBreaker",
+    "FakeStt",
+    "Storage",
+    "app_from_env",
+    "create_app",
+    "tokens_to_uids",
+]
 
 log = logging.getLogger("bench.baseline")
 
@@ -857,6 +865,26 @@ def create_app(settings: BaselineSettings) -> FastAPI:
             services.sessions_open -= 1
 
     return app
+
+
+#: ``--workers N``: what each spawned worker reads its settings from (set by the parent).
+ENV_DB: Final = "BASELINE_DB"
+ENV_MIN_TIMEOUT_S: Final = "BASELINE_MIN_CONVERSATION_TIMEOUT_S"
+ENV_PORT: Final = "BASELINE_LISTEN_PORT"
+
+
+def app_from_env() -> FastAPI:
+    """The app of one ``--workers N`` worker (uvicorn's factory), configured from the
+    environment the parent set; prints ``LISTENING <port> pid <pid>`` once started."""
+    port = os.environ[ENV_PORT]
+    settings = settings_from_env([], os.environ[ENV_DB], float(os.environ[ENV_MIN_TIMEOUT_S]))
+    settings = BaselineSettings(
+        settings.tokens,
+        settings.db_path,
+        settings.min_conversation_timeout_s,
+        on_started=lambda: print(f"LISTENING {port} pid {os.getpid()}", flush=True),
+    )
+    return create_app(settings)
 
 
 def settings_from_env(tokens: list[str], db_path: str, min_timeout_s: float) -> BaselineSettings:

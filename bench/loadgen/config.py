@@ -98,6 +98,9 @@ class LoadConfig:
         server_pid: sample this process's RSS, threads and CPU from /proc.
         stats_url: poll this loopback JSON endpoint (``loop_lag`` is extracted).
         processes: spread the sessions over this many worker processes (1: this process).
+        worker_prefix: a command that starts those worker processes, e.g. ``("chrt", "-f",
+            "1")`` so that a busy server on the same machine cannot make the generator late
+            (the caller checks that it works here: ``bench.scenarios.generator_prefix``).
         client: ``raw`` (default: pre-encoded frames from one ticker, ``bench.fastload``) or
             ``trio-websocket`` (one connection object and task per session, the old driver).
     """
@@ -123,6 +126,7 @@ class LoadConfig:
     sample_interval_s: float = 1.0
     extra_query: tuple[tuple[str, str], ...] = ()
     processes: int = 1
+    worker_prefix: tuple[str, ...] = ()
     client: str = "raw"
 
     def __post_init__(self) -> None:

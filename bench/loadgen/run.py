@@ -45,6 +45,7 @@ def config_from_json(text: str) -> LoadConfig:
     data = json.loads(text)
     data["tokens"] = tuple(data["tokens"])
     data["extra_query"] = tuple(tuple(pair) for pair in data["extra_query"])
+    data["worker_prefix"] = tuple(data["worker_prefix"])
     data["fixture"] = Path(data["fixture"]) if data["fixture"] else None
     return LoadConfig(**data)
 
@@ -55,7 +56,7 @@ async def _run_worker_process(
     """One ``python -m bench.loadgen worker`` process running every ``processes``-th session."""
     worker_config = replace(config, max_total_s=max(1.0, config.max_total_s - WORKER_MARGIN_S),
                             server_pid=None, stats_url=None)  # fmt: skip
-    argv = [sys.executable, "-m", "bench.loadgen", "worker", _config_json(worker_config),
+    argv = [*config.worker_prefix, sys.executable, "-m", "bench.loadgen", "worker", _config_json(worker_config),
             str(worker), str(config.processes)]  # fmt: skip
     done = await trio.run_process(argv, capture_stdout=True, check=False)
     try:

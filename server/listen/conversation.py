@@ -2,8 +2,9 @@
 
 One :class:`ConversationTracker` per session. Final STT results become transcript segments
 (:class:`server.listen.segments.SegmentAssembler` applies Omi's merge rules); new or changed
-segments are queued for the store and written in batches through the storage lane, coalesced by
-segment id so the queue is bounded by the conversation's size, never by time. When the
+segments are queued for the store, coalesced by segment id (so the queue is bounded by the
+conversation's size, never by time), and written by :meth:`ConversationTracker.flush`, which
+the session calls after every final (before sending it) and again at its end. When the
 conversation's silence timeout passes, it is persisted, closed durably (``processing``, or
 deleted if empty) and the processing workers are woken; a new one opens with the next speech.
 """
@@ -13,7 +14,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Final
 
 import trio
 
@@ -25,9 +25,6 @@ from server.stt.base import SttResult, Word
 __all__ = ["ConversationTracker", "SegmentUpdate"]
 
 LOGGER = logging.getLogger(__name__)
-
-#: Pending segment writes beyond which a flush is started at once (instead of on the timer).
-FLUSH_BATCH: Final = 50
 
 EventSink = Callable[[dict[str, object]], Awaitable[None]]
 
@@ -166,10 +163,7 @@ class ConversationTracker:
             self._pending.pop(segment_id, None)
             self._removed.add(segment_id)
         self._last_speech_wall = max(self._last_speech_wall, audio_origin_wall + result.end_s)
-        if len(self._pending) >= FLUSH_BATCH:
-            await self.flush()
-        else:
-            await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint()
         return SegmentUpdate(updated, removed, piece)
 
     async def flush(self) -> None:
@@ -204,14 +198,17 @@ class ConversationTracker:
         await self._close(conversation, now)
 
     async def _close(self, conversation: Conversation, now: float) -> None:
+        # Read it *before* closing: once closed, a processing worker (or another node) may
+        # complete it before a read-back; the event reports the transition to ``processing``.
+        current = await self._store.get_conversation(self._user_id, conversation.id)
         outcome = await self._store.close_conversation(conversation.id, now)
         if outcome != "processing":
             return
-        # Read it back *before* waking the workers, so the event shows it as ``processing``.
-        closed = await self._store.get_conversation(self._user_id, conversation.id)
         self._wake_processing()
-        if closed is not None:
-            memory = self._conversation_json(closed)
+        if current is not None:
+            memory = self._conversation_json(
+                replace(current, status="processing", updated_at=max(current.updated_at, now))
+            )
             await self._emit(
                 {"type": "memory_processing_started", "memory": memory, "messages": []}
             )

@@ -6,8 +6,8 @@ the session's own task reads the socket and parses frames with ``websockets``' s
 :class:`~websockets.server.ServerProtocol` (C-accelerated unmasking), so a frame costs one
 ``receive_some`` (which often carries several frames) and a parse.
 
-:func:`serve_websocket` is what :func:`server.guard.serve_guarded` calls when a connection's
-first request line is ``GET <listen path>``: if the head is a WebSocket upgrade, it answers the
+:func:`serve_websocket` is what :func:`server.guard.serve_guarded` calls (through
+``ListenHandler.serve_upgrade``) when a connection's first request line is ``GET <listen path>``: if the head is a WebSocket upgrade, it answers the
 handshake (400 with a JSON error if invalid, as hypercorn refuses it) and runs the listen
 handler on a :class:`FastWebSocket`; anything else goes back to hypercorn unchanged.
 
@@ -205,7 +205,7 @@ class FastWebSocket:
     async def _read(self) -> None:
         """One read from the socket into the buffer; replies it caused are sent."""
         try:
-            data = await self._stream.receive_some(RECV_BYTES)
+            data = await self._stream.receive_some_unwoken(RECV_BYTES)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             await trio.lowlevel.checkpoint()
             data = b""

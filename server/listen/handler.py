@@ -27,10 +27,11 @@ from server.auth import TICKET_PREFIX, TicketBook, bearer_token
 from server.clock import wall_now
 from server.cluster import CLEANUP_BUDGET_S, Node
 from server.drain import Drain
-from server.guard import mark_authenticated, mark_websocket
+from server.guard import GuardedStream, mark_authenticated, mark_websocket
 from server.identity import AuthFailed, JwtAuth, authenticate_bearer
 from server.listen.codecs import SUPPORTED_CODECS, make_decoder
 from server.listen.conversation import ConversationTracker
+from server.listen.fastws import serve_websocket
 from server.listen.hooks import RealtimeHooks
 from server.listen.params import (
     ListenParams,
@@ -204,6 +205,19 @@ class ListenHandler:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.serve(AsgiWebSocket(scope, receive, send))
+
+    async def serve_upgrade(
+        self, stream: GuardedStream, head: bytes, base_scope: Scope
+    ) -> bytes | None:
+        """The fast transport (:func:`server.listen.fastws.serve_websocket`): a
+        :class:`server.guard.Takeover`'s ``serve``."""
+        return await serve_websocket(
+            stream,
+            head,
+            base_scope,
+            app=self.serve,
+            max_message_bytes=self._ctx.settings.ws_max_message_bytes,
+        )
 
     async def serve(self, ws: ListenSocket) -> None:
         """Admit and run one session on ``ws``; every refusal is a close code. Returns once

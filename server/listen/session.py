@@ -3,11 +3,17 @@
 Tasks of a session (all in one nursery; when the session ends, all of them end)::
 
     receive loop   frames -> decode -> VAD gate -> STT stream        (this is the hot path)
-    stt consumer   STT events -> segments -> client + store queue + realtime hooks
+    stt consumer   STT events -> segments -> store (group commit) -> client + realtime hooks
     sender         the bounded outbox -> WebSocket (the only task that writes to the socket)
-    heartbeat      "ping" every heartbeat_interval_s; idle_timeout_s without client data -> 1001
-    lifecycle      conversation timeout -> persist, close durably, wake processing
-    persister      flushes queued segment writes every PERSIST_INTERVAL_S
+    timers         "ping" every heartbeat_interval_s; idle_timeout_s without client data -> 1001;
+                   conversation timeout -> persist, close durably, wake processing;
+                   after a failed segment write, retries it every PERSIST_RETRY_S
+
+Durability: a segment is committed before the client is sent it (the write joins the other
+sessions' writes in one group-commit transaction, see ``server.store._group``), so a segment a
+client has received survives the server dying the next instant. If the write fails (storage
+unavailable), the client still gets the segment and the timers task retries the write; the session's
+end writes whatever is still pending (shielded, bounded).
 
 End of a session, whatever the cause (client gone, drain, idle, bad input): stop taking audio
 (a drain first takes every frame the client sent before it saw the close frame, see
@@ -64,7 +70,8 @@ __all__ = [
 LOGGER = logging.getLogger(__name__)
 
 OUTBOX_SIZE: Final = 256
-PERSIST_INTERVAL_S: Final = 0.5
+#: Delay between retries of a failed segment write (writes normally happen per final).
+PERSIST_RETRY_S: Final = 0.5
 LIFECYCLE_TICK_S: Final = 5.0
 #: Bound on flushing the STT stream at the end of a session.
 STT_FLUSH_S: Final = 3.0
@@ -204,8 +211,10 @@ class ListenSession:
         self._audio_s = 0.0
         #: (session audio seconds at the end of a frame, its arrival on the Trio clock)
         self._arrivals: deque[tuple[float, float]] = deque(maxlen=ARRIVALS_KEPT)
-        self._end_requested = trio.Event()
+        self._end_requested = False
         self._conversation_ended = trio.Event()
+        self._wake = trio.Event()
+        self._retry_at: float | None = None
         self.frames = 0
         self.bytes_in = 0
         self.keepalives = 0
@@ -258,10 +267,11 @@ class ListenSession:
 
     def request_conversation_end(self) -> trio.Event:
         """End the current conversation now, as its timeout would (Omi's ``POST
-        /v1/conversations``). The lifecycle task does it; the returned event is set once the
+        /v1/conversations``). The timers task does it; the returned event is set once the
         conversation is closed. Not set if the session ends first (its conversation then stays
         in progress for the caller to close)."""
-        self._end_requested.set()
+        self._end_requested = True
+        self._wake.set()
         return self._conversation_ended
 
     def end(self, cause: CloseCause) -> None:
@@ -287,9 +297,7 @@ class ListenSession:
         """Run the session until it ends; return why. The caller closes the socket."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._sender)
-            nursery.start_soon(self._heartbeat)
-            nursery.start_soon(self._lifecycle)
-            nursery.start_soon(self._persister)
+            nursery.start_soon(self._timers)
             consumer_done = trio.Event()
             nursery.start_soon(self._consume_stt, stream, consumer_done)
             await self._status("ready", "Ready")
@@ -480,6 +488,7 @@ class ListenSession:
             if arrived is not None and self._latency is not None:
                 self._latency.stt_final(trio.current_time() - arrived)
             update = await self.tracker.add_final(mapped, origin)
+            await self._persist()  # before the client sees it (see the module docstring)
             if update.removed:  # a merge moved text out of these: clients drop them (Omi)
                 await self.emit({"type": "segments_deleted", "segment_ids": update.removed})
             if update.updated:
@@ -521,19 +530,6 @@ class ListenSession:
         finally:
             self._drained_outbox.set()
 
-    async def _heartbeat(self) -> None:
-        interval = self._config.heartbeat_interval_s
-        while True:
-            await trio.sleep(min(interval, self._config.idle_timeout_s))
-            now, idle_s = trio.current_time(), self._config.idle_timeout_s
-            if now - self._last_client_data >= idle_s:
-                self.end(IDLE)
-                return
-            if self._sending_since is not None and now - self._sending_since >= idle_s:
-                self.end(STALLED)  # write-side stalls count as idle
-                return
-            self.push_event_text("ping")
-
     def push_event_text(self, text: str) -> None:
         """Queue a bare text frame (the Omi heartbeat "ping"); skipped if the outbox is full."""
         try:
@@ -541,29 +537,75 @@ class ListenSession:
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
             self.dropped_events += 1
 
-    async def _lifecycle(self) -> None:
+    async def _timers(self) -> None:
+        """Every timer of the session in one task (a sleeping task costs ~3 KiB per session):
+        the heartbeat and idle check, the conversation's timeout (and ends requested from
+        outside), and retries of a failed segment write. Wakes at the earliest of them, or
+        when ``_wake`` is set (an end request, a failed write)."""
+        await trio.lowlevel.checkpoint()
+        beat_s = min(self._config.heartbeat_interval_s, self._config.idle_timeout_s)
+        next_beat = trio.current_time() + beat_s
         while True:
-            deadline = self.tracker.deadline_wall()
-            wait = LIFECYCLE_TICK_S if deadline is None else deadline - wall_now()
-            if wait > 0 and not self._end_requested.is_set():
-                tick = min(wait, LIFECYCLE_TICK_S) if math.isfinite(wait) else LIFECYCLE_TICK_S
-                with trio.move_on_after(tick):
-                    await self._end_requested.wait()
+            now = trio.current_time()
+            if now >= next_beat:
+                if not self._beat(now):
+                    return
+                next_beat = now + beat_s
+            if self._retry_at is not None and now >= self._retry_at:
+                self._retry_at = None
+                await self._persist()
+            conversation_wait_s = self._conversation_wait_s()
+            if conversation_wait_s <= 0:
+                await self._roll_over()
                 continue
-            ended, requested = self._conversation_ended, self._end_requested.is_set()
-            if requested:
-                self._end_requested, self._conversation_ended = trio.Event(), trio.Event()
-            await self.tracker.roll_over(wall_now())
-            if requested:
-                ended.set()
+            wake_at = min(next_beat, now + conversation_wait_s)
+            if self._retry_at is not None:
+                wake_at = min(wake_at, self._retry_at)
+            with trio.move_on_at(wake_at):
+                await self._wake.wait()
+            if self._wake.is_set():
+                self._wake = trio.Event()
 
-    async def _persister(self) -> None:
-        while True:
-            await trio.sleep(PERSIST_INTERVAL_S)
-            try:
-                await self.tracker.flush()
-            except Exception:  # kept pending; retried on the next tick
-                continue
+    def _beat(self, now: float) -> bool:
+        """Ping, or end the session (False) if the client sent nothing, or read nothing,
+        for ``idle_timeout_s`` (a write-side stall counts as idle)."""
+        idle_s = self._config.idle_timeout_s
+        if now - self._last_client_data >= idle_s:
+            self.end(IDLE)
+            return False
+        if self._sending_since is not None and now - self._sending_since >= idle_s:
+            self.end(STALLED)
+            return False
+        self.push_event_text("ping")
+        return True
+
+    def _conversation_wait_s(self) -> float:
+        """Seconds until the conversation must end (0: now), at most ``LIFECYCLE_TICK_S`` (the
+        deadline is wall time and moves with speech)."""
+        if self._end_requested:
+            return 0.0
+        deadline = self.tracker.deadline_wall()
+        if deadline is None:
+            return LIFECYCLE_TICK_S
+        return max(0.0, min(deadline - wall_now(), LIFECYCLE_TICK_S))
+
+    async def _roll_over(self) -> None:
+        ended, requested = self._conversation_ended, self._end_requested
+        if requested:
+            self._end_requested, self._conversation_ended = False, trio.Event()
+        await self.tracker.roll_over(wall_now())
+        if requested:
+            ended.set()
+
+    async def _persist(self) -> None:
+        """Write the pending segments now; on failure keep them and schedule a retry."""
+        try:
+            await self.tracker.flush()
+        except Exception:  # kept pending (logged by the tracker): retried by ``_timers``
+            await trio.lowlevel.checkpoint()
+            if self._retry_at is None:
+                self._retry_at = trio.current_time() + PERSIST_RETRY_S
+                self._wake.set()
 
 
 def _map_times(result: SttResult, to_session_s: Callable[[float], float]) -> SttResult:

@@ -1,7 +1,9 @@
 """Storage: the :class:`Store` repository interface, its SQLite backend, and their types.
 
-Handlers depend on :class:`Store` (:mod:`server.store.protocol`); :func:`open_sqlite_store` owns the SQLite implementation
-(see :mod:`server.store.sqlite` for the extension points and :mod:`server.store.migrations` for
+Handlers depend on :class:`Store` (:mod:`server.store.protocol`). :func:`open_store` opens the
+store the settings name (SQLite in ``data_dir``, or PostgreSQL with ``database_url``; see
+:mod:`server.store._open`); :func:`open_sqlite_store` owns the SQLite implementation (see
+:mod:`server.store.sqlite` for the extension points and :mod:`server.store.migrations` for
 adding schema steps).
 """
 
@@ -10,6 +12,11 @@ from server.store._db import (
     DbRow as DbRow,
     is_postgres as is_postgres,
     lock_clause as lock_clause,
+)
+from server.store._open import (
+    StoreTarget as StoreTarget,
+    open_store as open_store,
+    store_target as store_target,
 )
 from server.store._tx import new_id as new_id, write_transaction as write_transaction
 from server.store._validate import MAX_OFFSET as MAX_OFFSET
@@ -77,6 +84,7 @@ __all__ = [
     "StoreClosedError",
     "StoreError",
     "StoreStatistics",
+    "StoreTarget",
     "StoreUnavailableError",
     "SummaryFields",
     "TokenInfo",
@@ -89,5 +97,7 @@ __all__ = [
     "lock_clause",
     "new_id",
     "open_sqlite_store",
+    "open_store",
+    "store_target",
     "write_transaction",
 ]

@@ -16,17 +16,24 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Final
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
+import psycopg
 import trio
 
 from lanes import LaneError, ThreadLane
 from server.store._pg import PgPool
-from server.store.errors import StoreError
+from server.store.errors import StoreError, StoreUnavailableError, map_pg_error
 from server.store.migrations import MIGRATIONS, apply_migrations
 from server.store.sqlite import SqliteStore
 
-__all__ = ["CONNECT_TIMEOUT_S", "URL_SCHEMES", "open_postgres_store", "redact_url"]
+__all__ = [
+    "CONNECT_TIMEOUT_S",
+    "URL_SCHEMES",
+    "open_postgres_store",
+    "read_postgres_version",
+    "redact_url",
+]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -40,12 +47,45 @@ DEFAULT_MAX_WAITING: Final = 1000
 
 
 def redact_url(url: str) -> str:
-    """``url`` without its password (safe to log)."""
+    """``url`` without its password, in the user part or as a ``password=`` parameter (safe to
+    print and log)."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+    if parts.password is not None:
+        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1))
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(key == "password" for key, _ in query):
+        masked = [(key, "***" if key == "password" else value) for key, value in query]
+        parts = parts._replace(query=urlencode(masked, safe="/*"))
+    return parts.geturl()
+
+
+def read_postgres_version(url: str) -> int | None:
+    """The trioscribe schema version at ``url``; ``None`` if it has no trioscribe schema yet.
+
+    Blocking (call it in a lane thread). One short-lived connection; reads only, creates nothing.
+
+    Raises:
+        StoreUnavailableError: no connection within :data:`CONNECT_TIMEOUT_S` (the message is
+            libpq's, which never contains the password).
+        StoreError: any other database error.
+    """
+    try:
+        conn = psycopg.connect(url, autocommit=True, connect_timeout=int(CONNECT_TIMEOUT_S))
+    except psycopg.OperationalError as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        password = urlsplit(url).password
+        if password:
+            reason = reason.replace(password, "***")
+        raise StoreUnavailableError(f"cannot connect to PostgreSQL: {reason}") from None
+    try:
+        with conn:
+            found = conn.execute("SELECT to_regclass('trioscribe_schema') IS NOT NULL").fetchone()
+            if not (found and found[0]):
+                return None
+            row = conn.execute("SELECT version FROM trioscribe_schema").fetchone()
+            return int(row[0]) if row else 0
+    except psycopg.Error as exc:
+        raise map_pg_error(exc) from exc
 
 
 def _prepare(pool: PgPool) -> int:

@@ -1,8 +1,10 @@
-"""Smoke test of the scenarios (P3 and P4, tiny, against trioscribe) and of the report."""
+"""Smoke test of the scenarios (P3 and P4 tiny against trioscribe, P1M tiny against both) and
+of the report."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +12,16 @@ import pytest
 import trio
 
 from bench.__main__ import main as bench_main
+from bench.pg import open_bench_postgres
 from bench.report import load_results, table, write_report
-from bench.scenarios import Plan, best_under, p3_server, p4_server
+from bench.scenarios import (
+    Plan,
+    best_under,
+    generator_prefix,
+    p1m_server,
+    p3_server,
+    p4_server,
+)
 
 TINY: Plan = Plan(
     p4_idle_sessions=3,
@@ -93,7 +103,7 @@ def test_report_from_a_tiny_fixture(tmp_path: Path) -> None:
     assert "| P1 | server CPU-ms per session-second (common load) | 10 | 20 | 0.50x |" in text
     assert "- P1 baseline: generator-bound at [20] sessions" in text
     assert "| P3 | time from SIGTERM to exit, s | 1 | 0.50 | 2.00x | lower |" in text
-    assert "Not run (no JSON): P2, P4, STT." in text
+    assert "Not run (no JSON): P2, P4, P1M, STT." in text
     assert "- (1) P1 baseline at 200 ms: impossible by design" in text
     assert (tmp_path / "report.md").read_text() == text
     assert (tmp_path / "p1_sessions_vs_p99.png").stat().st_size > 1000
@@ -103,6 +113,74 @@ def test_report_from_a_tiny_fixture(tmp_path: Path) -> None:
 
 def test_cli_report_and_bad_scenario(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert bench_main(["report", "--results", str(tmp_path)]) == 0
-    assert "Not run (no JSON): P1, P2, P3, P4, STT." in capsys.readouterr().out
+    assert "Not run (no JSON): P1, P2, P3, P4, P1M, STT." in capsys.readouterr().out
     with pytest.raises(SystemExit):
         bench_main(["scenarios", "--only", "P9", "--results", str(tmp_path)])
+
+
+async def _p1m_trioscribe(out: dict[str, Any], plan: Plan, prefix: tuple[str, ...]) -> None:
+    async with open_bench_postgres() as pg:
+        out["postgres"] = pg.settings
+        out["trioscribe"] = await p1m_server("trioscribe", plan, pg, prefix)
+
+
+@pytest.mark.slow
+async def test_p1m_runs_both_servers_with_two_workers(tmp_path: Path) -> None:
+    """trioscribe --workers 2 on a PostgreSQL of its own, the baseline on 2 uvicorn workers."""
+    plan = Plan(p1m_steps=(4,), p1_duration_s=2, p1m_budget_s=40.0)
+    out: dict[str, Any] = {"workers": 2}
+    with trio.fail_after(60):
+        # As root (CI): the generator runs real-time FIFO; elsewhere at normal priority.
+        prefix = await generator_prefix(plan.p1m_generator_prefixes)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_p1m_trioscribe, out, plan, prefix)
+            nursery.start_soon(_store, out, "baseline", p1m_server, "baseline", plan, None, prefix)
+    for name in ("trioscribe", "baseline"):
+        (run,) = out[name]["runs"]
+        assert (run["succeeded"], run["lost"], run["mismatched"]) == (4, 0, 0), name
+        # The parent and both workers (the baseline's parent also has multiprocessing's
+        # resource tracker), each read from /proc.
+        assert len(run["server_pids"]) >= 3, name
+        assert len(run["step"]["server_process_cores"]) == len(run["server_pids"])
+        assert run["step"]["server_cores"] > 0 and run["step"]["machine_busy_cores"] > 0
+        assert run["generator_cpu_s"] > 0
+        assert not out[name]["server_processes_changed"]
+    trio_step, base_step = out["trioscribe"]["runs"][0]["step"], out["baseline"]["runs"][0]["step"]
+    assert trio_step["commits_per_s"] > 0 and trio_step["rows_written_per_s"] > 0
+    assert trio_step["pg_cores"] > 0
+    assert base_step["commits_per_s"] is None and base_step["pg_cores"] is None
+    assert out["postgres"]["fsync"] == "on"
+    (tmp_path / "P1M.json").write_text(json.dumps(out))
+    text = table(load_results(tmp_path))
+    assert "| P1M | sessions per machine (2 workers), p99 < 1 s |" in text
+    assert text.count("\n| trioscribe | 4 |") == text.count("\n| baseline | 4 |") == 1
+
+
+def test_p1m_figures_come_from_the_edge_step(tmp_path: Path) -> None:
+    def run(sessions: int, p99_s: float, commits: float | None) -> dict[str, Any]:
+        rates = {"server_cores": 1.5, "server_process_cores": [0.8, 0.7, 0.0], "pg_cores": 0.2,
+                 "machine_busy_cores": 1.9, "commits_per_s": commits}  # fmt: skip
+        return {**_run(sessions, p99_s), "steady": rates, "step": rates}
+
+    trio_runs = [run(100, 0.05, 200.0), run(200, 0.4, 400.0), run(400, 2.0, 500.0)]
+    p1m = {"workers": 2, "generator_processes": 2, "cpus": 2,
+           "trioscribe": {"runs": trio_runs, "max_sessions_p99_1s": 200,
+                          "max_sessions_p99_500ms": 200, "generator_late_frames": 0,
+                          "edge_1s": {"server_cores": 1.5, "commits_per_s": 400.0,
+                                      "pg_cores": 0.2, "machine_busy_cores": 1.9}},
+           "baseline": {"runs": [run(100, 0.6, None)], "max_sessions_p99_1s": 100,
+                        "max_sessions_p99_500ms": 0, "generator_late_frames": 0,
+                        "generator_bound_steps": [200]}}  # fmt: skip
+    (tmp_path / "P1M.json").write_text(json.dumps(p1m))
+    text = table(load_results(tmp_path))
+    assert "| P1M | sessions per machine (2 workers), p99 < 1 s | 200 | 100 | 2.00x |" in text
+    assert "| P1M | PostgreSQL commits/s at the 1 s edge (trioscribe's store) | 400 | - |" in text
+    assert "| trioscribe | 400 | 2000 | 0 | 0 | 1.50 | 0.80/0.70 | 0.20 | 1.90 | 500 |" in text
+    assert "- P1M baseline: generator-bound at [200] sessions" in text
+
+
+async def test_generator_prefix_takes_only_a_higher_priority() -> None:
+    with trio.fail_after(20):
+        assert await generator_prefix([("false",), ("env",), ("nice", "-n", "5")]) == ()
+        if os.geteuid() == 0:  # CI runs as root: real-time FIFO is granted
+            assert await generator_prefix([("env",), ("chrt", "-f", "1")]) == ("chrt", "-f", "1")

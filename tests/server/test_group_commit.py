@@ -62,6 +62,37 @@ async def test_writes_arriving_during_a_batch_share_the_next_one(
     assert (stats.batches, stats.items, stats.pending) == (len(runner.batches), 50, 0)
 
 
+async def test_under_load_a_leader_lingers_so_writes_spread_in_time_share_a_call(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Writes arriving 5 ms apart (sessions' finals under load): idle, the first goes alone at
+    once; then each leader waits ``linger_s`` and its call carries the writes of that window."""
+    runner = Runner(delay_s=0.001)
+    group = GroupCommit(runner, linger_s=0.02, busy_window_s=0.1)
+    done: dict[str, float] = {}
+
+    async def one(item: str, at: float) -> None:
+        await trio.sleep(at)
+        await group.submit(item)
+        done[item] = trio.current_time() - start
+
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        for i in range(40):
+            nursery.start_soon(one, f"w{i}", i * 0.005)
+    assert runner.batches[0] == ["w0"]  # idle: no wait
+    assert done["w0"] < 0.005
+    assert len(runner.batches) <= 12  # instead of 40 calls
+    assert max(len(b) for b in runner.batches) >= 4
+    assert max(done[f"w{i}"] - i * 0.005 for i in range(40)) <= 0.02 + 0.001 + 0.005
+    stats = group.statistics()
+    assert stats.lingered == len(runner.batches) - 1
+    await trio.sleep(1.0)  # idle again: the next write waits for nothing
+    before = trio.current_time()
+    await group.submit("late")
+    assert trio.current_time() - before <= 0.001 + 1e-9
+
+
 async def test_batches_are_capped_and_a_bad_item_fails_alone(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from server.settings import Settings
 from server.store import DB_FILENAME, TokenInfo, User, open_sqlite_store
 from server.tokens_cli import main
 
@@ -19,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _run(capsys: pytest.CaptureFixture[str], data_dir: Path, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv), data_dir=data_dir)
+    code = main(list(argv), settings=Settings(data_dir=data_dir))
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -115,8 +116,9 @@ def test_errors_are_one_line_on_stderr_with_code_2(
 @pytest.mark.slow
 def test_as_a_subprocess_stdout_is_the_token_only(tmp_path: Path) -> None:
     script = (
-        "import sys; from pathlib import Path; from server.tokens_cli import main; "
-        "sys.exit(main(sys.argv[2:], data_dir=Path(sys.argv[1])))"
+        "import sys; from pathlib import Path; from server.settings import Settings; "
+        "from server.tokens_cli import main; "
+        "sys.exit(main(sys.argv[2:], settings=Settings(data_dir=Path(sys.argv[1]))))"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
 

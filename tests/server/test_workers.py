@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import pathlib
 import re
 import signal
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import httpx
 import pytest
 import trio
 
-from tests.conftest import ADMIN_TOKEN, auth
+from server.testing import open_listen
+from tests.conftest import ADMIN_TOKEN, auth, create_user_token
 
 pytestmark = pytest.mark.slow
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 GRACE_S = 3.0
+PR_SET_CHILD_SUBREAPER = 36
 
 
 def _env(tmp_path: pathlib.Path, **extra: str) -> dict[str, str]:
@@ -124,3 +130,95 @@ async def test_two_workers_share_the_port_restart_and_drain(
             process.kill()
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 await process.wait()
+
+
+@contextlib.contextmanager
+def _adopting_orphans() -> Iterator[None]:
+    """Make this process the reaper of its orphaned descendants (Linux ``PR_SET_CHILD_SUBREAPER``)
+    for the block, so a killed supervisor's workers become our children and their exit codes
+    can be read."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        pytest.fail(f"prctl(PR_SET_CHILD_SUBREAPER): errno {ctypes.get_errno()}")
+    try:
+        yield
+    finally:
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+
+
+async def _exit_code(pid: int) -> int:
+    """Wait for our (adopted) child ``pid`` to exit and reap it."""
+    pidfd = os.pidfd_open(pid)
+    try:
+        await trio.lowlevel.wait_readable(pidfd)
+    finally:
+        os.close(pidfd)
+    return _reap(pid, os.WNOHANG)
+
+
+def _reap(pid: int, options: int) -> int:
+    reaped, status = os.waitpid(pid, options)
+    assert reaped == pid
+    return os.waitstatus_to_exitcode(status)
+
+
+def _kill_and_reap(pid: int) -> None:
+    """Clean up after a failed test: SIGKILL ``pid`` if it still runs, reap it if ours."""
+    with contextlib.suppress(ProcessLookupError, ChildProcessError):
+        os.kill(pid, signal.SIGKILL)
+        _reap(pid, 0)  # a killed process: returns at once
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is fine
+        try:
+            sock.bind(("127.0.0.1", port))  # no SO_REUSEPORT: fails while a worker listens
+            sock.listen()
+        except OSError:
+            return False
+    return True
+
+
+async def test_workers_drain_and_free_the_port_when_the_supervisor_is_killed(
+    tmp_path: pathlib.Path, pg_url: str
+) -> None:
+    env = _env(tmp_path, TRIOSCRIBE_DATABASE_URL=pg_url, TRIOSCRIBE_WORKERS="2")
+    workers: list[int] = []
+    with _adopting_orphans():
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "server"], cwd=ROOT, env=env, stderr=subprocess.PIPE
+        )
+        log = _Log(process)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(log.pump)
+                with trio.fail_after(60):
+                    (match,) = await log.wait_for(r"listening on [^:]+:(\d+) with 2 worker")
+                    port = int(match.group(1))
+                    url = f"http://127.0.0.1:{port}"
+                    await log.wait_for(r"w\d server.serve: listening on", count=2)
+                    started = await log.wait_for(r"worker \d started \(pid (\d+)\)", count=2)
+                    workers = [int(m.group(1)) for m in started]
+                    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+                        token = await create_user_token(client, "alice")
+                    async with open_listen(url, token=token) as session:
+                        await session.wait_ready()
+                        process.kill()  # no chance to signal anyone
+                        assert await process.wait() == -signal.SIGKILL
+                        # Both drain as on SIGTERM, within the drain deadline (+ exit margin).
+                        with trio.fail_after(GRACE_S + 1.0):
+                            received = await session.read_to_close()
+                            codes = [await _exit_code(pid) for pid in workers]
+                    assert received.close_code == 1001, received
+                    assert codes == [0, 0], log.text
+                    assert _port_is_free(port)
+                    assert log.text.count("supervisor gone: draining") == 2, log.text
+                    assert log.text.count("server.serve: stopped") == 2, log.text
+        finally:
+            for pid in workers:
+                _kill_and_reap(pid)
+            if process.returncode is None:
+                process.kill()
+                with trio.CancelScope(shield=True), trio.move_on_after(5):
+                    await process.wait()
