@@ -65,6 +65,22 @@ class _Log:
         return found
 
 
+async def _start_supervisor(tmp_path: pathlib.Path, pg_url: str) -> tuple[trio.Process, _Log]:
+    """``python -m server --workers 2`` on PostgreSQL, its stderr not yet pumped."""
+    env = _env(tmp_path, TRIOSCRIBE_DATABASE_URL=pg_url, TRIOSCRIBE_WORKERS="2")
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "server"], cwd=ROOT, env=env, stderr=subprocess.PIPE
+    )
+    return process, _Log(process)
+
+
+async def _until_both_listen(log: _Log) -> int:
+    """Wait until the supervisor and both workers listen; return the port."""
+    (match,) = await log.wait_for(r"listening on [^:]+:(\d+) with 2 worker")
+    await log.wait_for(r"w\d server.serve: listening on", count=2)
+    return int(match.group(1))
+
+
 async def _pids_serving(url: str, connections: int) -> set[int]:
     """Ask ``/v1/stats`` over ``connections`` fresh TCP connections; which pids answered."""
     await trio.lowlevel.checkpoint()
@@ -95,18 +111,12 @@ async def test_sqlite_refuses_more_than_one_worker(tmp_path: pathlib.Path) -> No
 async def test_two_workers_share_the_port_restart_and_drain(
     tmp_path: pathlib.Path, pg_url: str
 ) -> None:
-    env = _env(tmp_path, TRIOSCRIBE_DATABASE_URL=pg_url, TRIOSCRIBE_WORKERS="2")
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "server"], cwd=ROOT, env=env, stderr=subprocess.PIPE
-    )
-    log = _Log(process)
+    process, log = await _start_supervisor(tmp_path, pg_url)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(log.pump)
             with trio.fail_after(60):
-                (match,) = await log.wait_for(r"listening on [^:]+:(\d+) with 2 worker")
-                url = f"http://127.0.0.1:{match.group(1)}"
-                await log.wait_for(r"w\d server.serve: listening on", count=2)
+                url = f"http://127.0.0.1:{await _until_both_listen(log)}"
                 pids = await _pids_serving(url, 24)
                 assert len(pids) == 2, "both workers answer on the one port"
 
@@ -183,21 +193,15 @@ def _port_is_free(port: int) -> bool:
 async def test_workers_drain_and_free_the_port_when_the_supervisor_is_killed(
     tmp_path: pathlib.Path, pg_url: str
 ) -> None:
-    env = _env(tmp_path, TRIOSCRIBE_DATABASE_URL=pg_url, TRIOSCRIBE_WORKERS="2")
     workers: list[int] = []
     with _adopting_orphans():
-        process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "server"], cwd=ROOT, env=env, stderr=subprocess.PIPE
-        )
-        log = _Log(process)
+        process, log = await _start_supervisor(tmp_path, pg_url)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(log.pump)
                 with trio.fail_after(60):
-                    (match,) = await log.wait_for(r"listening on [^:]+:(\d+) with 2 worker")
-                    port = int(match.group(1))
+                    port = await _until_both_listen(log)
                     url = f"http://127.0.0.1:{port}"
-                    await log.wait_for(r"w\d server.serve: listening on", count=2)
                     started = await log.wait_for(r"worker \d started \(pid (\d+)\)", count=2)
                     workers = [int(m.group(1)) for m in started]
                     async with httpx.AsyncClient(base_url=url, timeout=10) as client:
