@@ -19,13 +19,12 @@ from typing import Final
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import psycopg
-import trio
 
-from lanes import LaneError, ThreadLane
+from lanes import ThreadLane
 from server.store._pg import PgPool
 from server.store.errors import StoreError, StoreUnavailableError, map_pg_error
 from server.store.migrations import MIGRATIONS, apply_migrations
-from server.store.sqlite import SqliteStore
+from server.store.sqlite import SqliteStore, serving_store
 
 __all__ = [
     "CONNECT_TIMEOUT_S",
@@ -39,11 +38,8 @@ LOGGER = logging.getLogger(__name__)
 
 #: How long the start waits for the first database connection.
 CONNECT_TIMEOUT_S: Final = 15.0
-#: Shielded budget for closing the pool (and the store's own lane) on exit.
-CLOSE_BUDGET_S: Final = 10.0
 #: URL schemes :func:`open_postgres_store` accepts.
 URL_SCHEMES: Final = ("postgresql", "postgres")
-DEFAULT_MAX_WAITING: Final = 1000
 
 
 def redact_url(url: str) -> str:
@@ -111,26 +107,11 @@ async def open_postgres_store(
     """
     if urlsplit(url).scheme not in URL_SCHEMES:
         raise StoreError(f"not a PostgreSQL URL: {redact_url(url)}")
-    own_lane = lane is None
-    lane = lane or ThreadLane("storage", threads, max_waiting=DEFAULT_MAX_WAITING)
-    pool = PgPool(url, lane.statistics().capacity + 2)  # + threads a cancelled call left
-    try:
-        version = await lane.run_sync(_prepare, pool)
-        LOGGER.info("store open: %s (schema version %d)", redact_url(url), version)
-        yield SqliteStore(lane, pool)
-    finally:
-        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_BUDGET_S) as budget:
-            await _close(lane, pool, own_lane)
-        if budget.cancelled_caught:
-            LOGGER.warning("closing the store took over %.0f s; gave up waiting", CLOSE_BUDGET_S)
-
-
-async def _close(lane: ThreadLane, pool: PgPool, own_lane: bool) -> None:
-    try:
-        await lane.run_sync(pool.close)
-    except LaneError:
-        fallback = ThreadLane("storage-close", 1)
-        await fallback.run_sync(pool.close)
-        await fallback.aclose()
-    if own_lane:
-        await lane.aclose()
+    async with serving_store(
+        lambda lane: PgPool(url, lane.statistics().capacity + 2),  # + threads a cancel left
+        _prepare,
+        redact_url(url),
+        lane=lane,
+        threads=threads,
+    ) as store:
+        yield store

@@ -67,6 +67,7 @@ DEFAULT_MAX_WAITING: Final = 1000
 CLOSE_BUDGET_S: Final = 10.0
 
 RetT = TypeVar("RetT")
+PoolT = TypeVar("PoolT", bound="ConnectionPool | PgPool")
 ArgsT = TypeVarTuple("ArgsT")
 
 
@@ -413,12 +414,41 @@ async def open_sqlite_store(
         SchemaTooNewError: the database was written by a newer server (its schema is not changed).
         StoreError: the file cannot be opened or migrated.
     """
+    async with serving_store(
+        lambda _: ConnectionPool(path),
+        lambda pool: _prepare(path, pool),
+        str(path),
+        lane=lane,
+        threads=threads,
+    ) as store:
+        yield store
+
+
+@asynccontextmanager
+async def serving_store(
+    make_pool: Callable[[ThreadLane], PoolT],
+    prepare: Callable[[PoolT], int],
+    where: str,
+    *,
+    lane: ThreadLane | None,
+    threads: int,
+) -> AsyncIterator[SqliteStore]:
+    """The lifecycle both backends share: make the pool for the lane, ``prepare`` it in a lane
+    thread (connect, migrate; returns the schema version), yield the store; on exit close the
+    pool in a lane thread (a private one if the lane is unusable) and the lane if it is the
+    store's own, shielded, at most ``CLOSE_BUDGET_S``.
+
+    Args:
+        where: what the log line names (a path, a redacted URL).
+        lane: the caller's storage lane (not closed here), or ``None``: a lane of ``threads``
+            threads (``DEFAULT_MAX_WAITING`` waiters) owned and closed by the store.
+    """
     own_lane = lane is None
     lane = lane or ThreadLane("storage", threads, max_waiting=DEFAULT_MAX_WAITING)
-    pool = ConnectionPool(path)
+    pool = make_pool(lane)
     try:
-        version = await lane.run_sync(_prepare, path, pool)
-        LOGGER.info("store open: %s (schema version %d)", path, version)
+        version = await lane.run_sync(prepare, pool)
+        LOGGER.info("store open: %s (schema version %d)", where, version)
         yield SqliteStore(lane, pool)
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_BUDGET_S) as budget:
@@ -427,7 +457,7 @@ async def open_sqlite_store(
             LOGGER.warning("closing the store took over %.0f s; gave up waiting", CLOSE_BUDGET_S)
 
 
-async def _close(lane: ThreadLane, pool: ConnectionPool, own_lane: bool) -> None:
+async def _close(lane: ThreadLane, pool: ConnectionPool | PgPool, own_lane: bool) -> None:
     """Close the pool's connections in a lane thread (a private one if the lane is unusable)."""
     try:
         await lane.run_sync(pool.close)
