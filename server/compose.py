@@ -11,6 +11,7 @@
     ├── thread lane "summarise"        long transcripts for the embedded summariser
     ├── HTTP lane "webhooks"           SSRF-pinned transport; per-target bulkheads + breakers
     ├── HTTP lane "openai"             only with summariser=openai (256 KiB read limit)
+    ├── listen read poller             the fast transport's batched reads (one epoll + task)
     └── realtime nursery               one consumer task per (session, endpoint, kind) stream
 
 ``serve()`` starts the workers in its work nursery with :meth:`Components.start_workers`
@@ -39,6 +40,7 @@ from server.drain import Drain
 from server.identity import JwtAuth
 from server.jwt_auth import JwtSettings, open_jwt_verifier
 from server.listen.handler import ListenDeps, ListenHandler, make_listen_handler
+from server.listen.poller import ReadPoller, open_read_poller
 from server.listen.registry import SessionRegistry
 from server.listen.sweeper import Sweeper
 from server.metrics import ServerMetrics
@@ -200,11 +202,17 @@ async def open_components(
         embedded = EmbeddedSummariser(thread_lane)
         openai_transport = overrides.get("openai_transport")
         summariser = await _open_summariser(stack, settings, embedded, openai_transport, stats)
+        poller = await stack.enter_async_context(
+            open_read_poller(settings.listen_read_tick_ms / 1000)
+        )
+        if poller is not None:
+            stats["listen_poller"] = poller.statistics
         nursery = await stack.enter_async_context(trio.open_nursery())
         stack.callback(nursery.cancel_scope.cancel)
         parts = _Parts(
-            settings, Drain(), store, node, provider, lane, summariser, embedded, stats, jwt
-        )
+            settings, Drain(), store, node, provider, lane, summariser, embedded, stats, jwt,
+            poller,
+        )  # fmt: skip
         components = _assemble(
             parts, nursery, overrides.get("processing_config"), overrides.get("delivery_config")
         )
@@ -225,6 +233,7 @@ class _Parts:
     embedded: EmbeddedSummariser
     stats: Stats
     jwt: JwtAuth | None
+    poller: ReadPoller | None
 
 
 @asynccontextmanager
@@ -370,7 +379,9 @@ def _assemble(
         webhook_lane=parts.lane.statistics,
         sweeper=sweeper.statistics,
     )
-    listen = ListenDeps(registry, parts.provider, realtime, wakeup.set, metrics.latency_sinks())
+    listen = ListenDeps(
+        registry, parts.provider, realtime, wakeup.set, metrics.latency_sinks(), parts.poller
+    )
     return Components(
         context=context,
         listen_handler=make_listen_handler(context, listen),

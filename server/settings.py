@@ -135,6 +135,11 @@ class Settings:
         "/v4/listen WebSockets: fast (frames parsed on the socket) or hypercorn (its ASGI path)",
         choices=LISTEN_TRANSPORTS,
     )
+    listen_read_tick_ms: int = _setting(
+        50,
+        "fast transport: sessions' reads are woken in batches at most this often (0: each "
+        "waits on its own socket); adds at most this to a segment's delivery under load",
+    )
     heartbeat_interval_s: float = _setting(10.0, "server 'ping' text frame interval")
     ws_max_frames_per_s: float = _setting(
         200.0, "sustained WebSocket frames per second per session (over budget: 1008)"
@@ -223,6 +228,7 @@ def _validate(s: Settings) -> None:
         ("node_ttl_s", s.node_ttl_s >= 2 * s.node_heartbeat_s, "must be >= 2 x node_heartbeat_s"),
         ("max_sessions", s.max_sessions >= 1, "must be >= 1"),
         ("max_sessions_per_user", s.max_sessions_per_user >= 1, "must be >= 1"),
+        ("listen_read_tick_ms", 0 <= s.listen_read_tick_ms <= 1000, "must be between 0 and 1000"),
         ("heartbeat_interval_s", s.heartbeat_interval_s > 0, "must be > 0"),
         ("idle_timeout_s", s.idle_timeout_s > 0, "must be > 0"),
         ("conversation_timeout_s", s.conversation_timeout_s > 0, "must be > 0"),

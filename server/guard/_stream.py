@@ -58,6 +58,9 @@ class GuardedStream(trio.abc.HalfCloseableStream):
         self._send_scope: trio.CancelScope | None = None
         self._read_scope: trio.CancelScope | None = None
         self._pushed_back = b""
+        #: called once, just before :meth:`abort` closes the socket (a reader parked outside
+        #: Trio's own waits, see :class:`server.listen.poller.ReadPoller`, is woken by it)
+        self.on_abort: Callable[[], None] | None = None
         self.closed = False
         self.aborted = False
         self.bytes_sent = 0
@@ -213,6 +216,8 @@ class GuardedStream(trio.abc.HalfCloseableStream):
         if self.aborted:
             return
         self.aborted = True
+        if self.on_abort is not None:
+            self.on_abort()
         sock = self._inner.socket
         if sock.fileno() != -1:
             try:

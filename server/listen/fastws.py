@@ -32,6 +32,7 @@ import json
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
+from functools import partial
 from typing import Any, Final, final
 
 import trio
@@ -42,6 +43,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from server.guard import GuardedStream, abort_connection
+from server.listen.poller import ReadPoller
 from server.listen.wire import ClientGone, Message, fit_reason
 
 __all__ = ["END_GRACE_S", "RECV_BYTES", "FastWebSocket", "serve_websocket"]
@@ -84,6 +86,8 @@ class FastWebSocket:
         protocol: the handshake's protocol state (``CONNECTING`` until :meth:`accept`).
         response: the ``101`` to send on :meth:`accept`.
         buffered: frames that arrived with the request head.
+        poller: where reads wait once the socket is drained (``None``: on the socket itself);
+            the caller registers the socket with it for this object's lifetime.
 
     Cancellation: a cancelled read loses nothing (frames are parsed after the read returns); a
     write is never cut halfway (the guard's deadline bounds it, :meth:`abort` wakes it).
@@ -91,10 +95,12 @@ class FastWebSocket:
 
     __slots__ = (
         "_buffered",
+        "_drained",
         "_eof",
         "_fragments",
         "_fragments_text",
         "_nowait_read",
+        "_poller",
         "_protocol",
         "_response",
         "_send_lock",
@@ -115,6 +121,7 @@ class FastWebSocket:
         protocol: ServerProtocol,
         response: Response,
         buffered: list[Any] | None = None,
+        poller: ReadPoller | None = None,
     ) -> None:
         self.scope = scope
         self._stream = stream
@@ -127,6 +134,8 @@ class FastWebSocket:
         self._since_yield = 0
         self._nowait_read = False
         self._eof = False
+        self._poller = poller
+        self._drained = True  # the last read took everything the kernel held
         self.accepted = False
         self.closed = False
 
@@ -188,6 +197,14 @@ class FastWebSocket:
             return None
         raise trio.WouldBlock
 
+    async def _read_after_poll(self, poller: ReadPoller) -> bytes | None:
+        """Wait for the poller to find the socket readable, then read without waiting."""
+        await poller.wait_readable(self._stream.fileno)
+        try:
+            return self._stream.receive_nowait(RECV_BYTES)
+        except trio.WouldBlock:
+            return None
+
     async def _pace(self) -> None:
         """Checkpoint for a buffered message: a cancellation check, a real yield sometimes."""
         self._since_yield += 1
@@ -203,12 +220,19 @@ class FastWebSocket:
         return self.closed
 
     async def _read(self) -> None:
-        """One read from the socket into the buffer; replies it caused are sent."""
+        """One read from the socket into the buffer (or none, if a poll found the socket
+        readable and a read then found nothing); replies it caused are sent."""
         try:
-            data = await self._stream.receive_some_unwoken(RECV_BYTES)
+            if self._poller is not None and self._drained:
+                data = await self._read_after_poll(self._poller)
+                if data is None:
+                    return
+            else:
+                data = await self._stream.receive_some_unwoken(RECV_BYTES)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             await trio.lowlevel.checkpoint()
             data = b""
+        self._drained = len(data) < RECV_BYTES
         self._since_yield = 0
         self._feed(data)
         if self._protocol.writes:  # a pong, or the answer to a close
@@ -402,10 +426,14 @@ async def serve_websocket(
     *,
     app: WebSocketApp,
     max_message_bytes: int,
+    poller: ReadPoller | None = None,
 ) -> bytes | None:
     """Serve the connection whose first bytes ``head`` hold a whole request head for a listen
     path: ``None`` once served; or, if it is not a WebSocket upgrade, ``head`` back untouched
     for hypercorn to serve.
+
+    With a ``poller``, the socket is registered with it while the handler runs (see
+    :mod:`server.listen.poller`).
 
     Cancellation: cancelling it ends the connection (the guard closes the socket).
     """
@@ -423,8 +451,23 @@ async def serve_websocket(
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             await trio.lowlevel.checkpoint()
         return None
-    ws = FastWebSocket(_scope(request, base_scope), stream, protocol, response, events[1:])
+    scope = _scope(request, base_scope)
+    ws = FastWebSocket(scope, stream, protocol, response, events[1:], poller)
+    if poller is None:
+        await _run(ws, app)
+        return None
+    fd = stream.fileno
+    with poller.registered(fd):
+        stream.on_abort = partial(poller.notify_closing, fd)
+        try:
+            await _run(ws, app)
+        finally:
+            stream.on_abort = None
+    return None
+
+
+async def _run(ws: FastWebSocket, app: WebSocketApp) -> None:
+    """The handler, then the client's bounded chance to answer the close."""
     await app(ws)
     with trio.move_on_after(END_GRACE_S):
         await ws.finish()
-    return None

@@ -39,6 +39,7 @@ from server.listen.params import (
     note_stt_preference,
     parse_listen_params,
 )
+from server.listen.poller import ReadPoller
 from server.listen.registry import AdmissionError, SessionRegistry
 from server.listen.session import LatencySinks, ListenSession, SessionConfig
 from server.listen.vad import VadGate
@@ -89,6 +90,8 @@ class ListenDeps:
     hooks: RealtimeHooks
     wake_processing: Callable[[], None]
     latency: LatencySinks | None = None
+    #: the fast transport's reads wait here (``None``: on each socket)
+    poller: ReadPoller | None = None
 
 
 class _Refused(Exception):
@@ -217,6 +220,7 @@ class ListenHandler:
             base_scope,
             app=self.serve,
             max_message_bytes=self._ctx.settings.ws_max_message_bytes,
+            poller=self._deps.poller,
         )
 
     async def serve(self, ws: ListenSocket) -> None:

@@ -1,0 +1,194 @@
+"""``ReadPoller``: listen sockets' reads woken in batches, once per tick, by one epoll.
+
+A session that waits on its own socket costs, per 100 ms audio frame, a wake-up of the process,
+a re-arming of Trio's one-shot epoll registration, a read that finds nothing and a read that
+finds the frame: on loopback with 150 sessions that was 63 µs of CPU per frame before any of the
+session's own work, against 28-35 µs when one task reads every ready socket per 50-100 ms tick
+(``bench/results/profile.md``). So the fast transport's sessions park here instead:
+
+- every registered socket is in one **level-triggered** epoll of its own, registered once;
+- the poller task waits (in Trio) until that epoll is readable, then **at most once per
+  tick** polls it without blocking and wakes the sessions parked on the ready sockets; a session
+  that was busy is reported again at the next poll (level-triggered: nothing is missed);
+- an idle process polls nothing: the first frame after a quiet spell is read at once, so the
+  added latency is at most one tick, and only under load.
+
+The tick trades latency for CPU: ``--listen-read-tick-ms 0`` keeps one wait per socket (no
+poller); the default (50 ms) adds at most 50 ms to a segment's delivery under load.
+
+Ownership: :func:`open_read_poller` owns the epoll and the poller task (cancelled and closed on
+exit; the composition root closes it after every session ended). A session registers its socket
+with :meth:`ReadPoller.registered` for the time it reads, and parks with
+:meth:`ReadPoller.wait_readable` (cancellable: a cancelled wait loses nothing, the data stays in
+the kernel). Closing a registered socket under a parked reader must go through
+:meth:`ReadPoller.notify_closing` (the guarded stream's abort hook does), which wakes it with
+``trio.ClosedResourceError`` as Trio's own ``notify_closing`` would.
+"""
+
+from __future__ import annotations
+
+import math
+import select
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from typing import Final, final
+
+import outcome
+import trio
+
+__all__ = ["ReadPoller", "ReadPollerStatistics", "open_read_poller", "poller_supported"]
+
+#: Events asked for: data (and, always reported by epoll, hang-up and errors: EOF to read).
+_EVENTS: Final = select.EPOLLIN if hasattr(select, "EPOLLIN") else 0
+
+
+def poller_supported() -> bool:
+    """Whether this platform has epoll (Linux); elsewhere each session waits on its socket."""
+    return hasattr(select, "epoll")
+
+
+@dataclass(frozen=True, slots=True)
+class ReadPollerStatistics:
+    """A snapshot of a :class:`ReadPoller`."""
+
+    #: the tick: polls are at least this far apart (seconds)
+    tick_s: float
+    #: sockets registered now
+    registered: int
+    #: readers parked now (waiting for their socket's next poll)
+    parked: int
+    #: polls since start, and readers they woke
+    polls: int
+    wakes: int
+
+
+@final
+class ReadPoller:
+    """One epoll for the listen sockets of this process (see the module docstring).
+
+    Args:
+        tick_s: the least time between two polls (> 0).
+
+    Only :func:`open_read_poller` makes one: it runs :meth:`run` and closes the epoll.
+    """
+
+    def __init__(self, tick_s: float) -> None:
+        if not tick_s > 0:
+            raise ValueError("tick_s must be > 0")
+        self._tick_s = tick_s
+        self._epoll = select.epoll()
+        #: fd -> the registration that owns it (an fd number is reused once closed)
+        self._owners: dict[int, object] = {}
+        self._parked: dict[int, trio.lowlevel.Task] = {}
+        self._polls = 0
+        self._wakes = 0
+
+    @contextmanager
+    def registered(self, fd: int) -> Iterator[None]:
+        """Register ``fd`` (a connected, non-blocking socket) for the block's duration."""
+        token = object()
+        try:
+            self._epoll.register(fd, _EVENTS)
+        except FileExistsError:  # a closed socket's number, reused: take it over
+            self._epoll.modify(fd, _EVENTS)
+        self._owners[fd] = token
+        try:
+            yield
+        finally:
+            if self._owners.get(fd) is token:
+                self._forget(fd)
+
+    def _forget(self, fd: int) -> None:
+        del self._owners[fd]
+        try:
+            self._epoll.unregister(fd)
+        except OSError:  # already closed: the kernel dropped it
+            pass
+
+    async def wait_readable(self, fd: int) -> None:
+        """Park until a poll finds ``fd`` readable (data, EOF or an error to read).
+
+        Raises:
+            trio.ClosedResourceError: ``fd`` is not registered, or was closed meanwhile.
+            trio.BusyResourceError: another task already waits on ``fd``.
+        """
+        if fd not in self._owners:
+            await trio.lowlevel.checkpoint()
+            raise trio.ClosedResourceError("socket not registered (closed)")
+        if fd in self._parked:
+            await trio.lowlevel.checkpoint()
+            raise trio.BusyResourceError("another task waits on this socket")
+        self._parked[fd] = trio.lowlevel.current_task()
+
+        def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+            del self._parked[fd]
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def notify_closing(self, fd: int) -> None:
+        """``fd`` is about to be closed: unregister it and wake its reader with
+        ``trio.ClosedResourceError``. Does nothing for an fd that is not registered."""
+        if fd in self._owners:
+            self._forget(fd)
+        task = self._parked.pop(fd, None)
+        if task is not None:
+            trio.lowlevel.reschedule(task, outcome.Error(trio.ClosedResourceError("socket closed")))
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Poll and wake, forever (see the module docstring). Cancel it to stop; parked
+        readers are not woken (their own scopes end them)."""
+        task_status.started()
+        epoll, parked, reschedule = self._epoll, self._parked, trio.lowlevel.reschedule
+        next_poll = -math.inf
+        while True:
+            await trio.lowlevel.wait_readable(epoll.fileno())
+            now = trio.current_time()
+            if now < next_poll:
+                await trio.sleep_until(next_poll)
+                now = trio.current_time()
+            next_poll = now + self._tick_s
+            self._polls += 1
+            for fd, _events in epoll.poll(0, len(self._owners) + 1):
+                task = parked.pop(fd, None)
+                if task is not None:
+                    self._wakes += 1
+                    reschedule(task)
+
+    def statistics(self) -> ReadPollerStatistics:
+        """A snapshot of the poller's counts."""
+        return ReadPollerStatistics(
+            tick_s=self._tick_s,
+            registered=len(self._owners),
+            parked=len(self._parked),
+            polls=self._polls,
+            wakes=self._wakes,
+        )
+
+    def _close(self) -> None:
+        self._epoll.close()
+
+
+@asynccontextmanager
+async def open_read_poller(tick_s: float) -> AsyncIterator[ReadPoller | None]:
+    """A running :class:`ReadPoller` with ``tick_s``, or ``None`` when ``tick_s`` is 0 or the
+    platform has no epoll (sessions then wait on their own sockets).
+
+    Cancellation: on exit the poller task is cancelled and the epoll closed; close it only
+    after every registered session ended (nothing wakes a parked reader afterwards).
+    """
+    if tick_s <= 0 or not poller_supported():
+        await trio.lowlevel.checkpoint()
+        yield None
+        return
+    poller = ReadPoller(tick_s)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(poller.run)
+            try:
+                yield poller
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        poller._close()
