@@ -246,6 +246,7 @@ async def _open_store(settings: Settings, stats: Stats) -> AsyncIterator[Store]:
     )
     async with open_store(settings, lane=lane) as store:
         stats["storage"] = lane.statistics
+        stats["store"] = store.statistics
         yield store
 
 

@@ -190,7 +190,10 @@ class FakeStream:
             self._pending += view[:room]
             view = view[room:]
             await self._after_audio()
-        await trio.lowlevel.checkpoint()
+        # A cancellation point only, as a remote provider's buffered send would be: the
+        # session's receive loop has just yielded to read this frame (a full schedule point
+        # here was a second trip through Trio's scheduler per frame).
+        await trio.lowlevel.checkpoint_if_cancelled()
 
     async def _after_audio(self) -> None:  # noqa: ASYNC910 -- send_audio checkpoints
         if len(self._pending) >= self._chunk_bytes:

@@ -57,11 +57,13 @@ async def _read_until(
     return seen
 
 
-@pytest.mark.parametrize("transport", ["fast", "hypercorn"])
+@pytest.mark.parametrize(("transport", "tick_ms"), [("fast", 50), ("fast", 0), ("hypercorn", 50)])
 async def test_both_transports_serve_a_session(
-    nursery: trio.Nursery, make_settings: Callable[..., Settings], transport: str
+    nursery: trio.Nursery, make_settings: Callable[..., Settings], transport: str, tick_ms: int
 ) -> None:
-    server = await start_server(nursery, make_settings(listen_transport=transport))
+    """Fast with the read poller (the default), fast with a wait per socket, hypercorn."""
+    settings = make_settings(listen_transport=transport, listen_read_tick_ms=tick_ms)
+    server = await start_server(nursery, settings)
     with trio.fail_after(10):
         token = await _token(server)
         async with open_listen(server.url, token=token) as client:
@@ -71,6 +73,8 @@ async def test_both_transports_serve_a_session(
             assert isinstance(session, ListenSession)
             kind = FastWebSocket if transport == "fast" else AsgiWebSocket
             assert type(session._ws) is kind
+            polled = server.context.stats.get("listen_poller")
+            assert (polled is not None) == (tick_ms > 0)
 
 
 async def test_http_whose_first_bytes_look_like_listen_is_served_by_hypercorn(

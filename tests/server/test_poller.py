@@ -1,0 +1,173 @@
+"""The listen read poller (:mod:`server.listen.poller`): batched wake-ups on real sockets.
+
+Socket pairs in one process: a write lands in the kernel at once, so the poller's epoll sees it
+without real time passing, and the autojump clock shows when each poll happened.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import trio
+import trio.testing
+import wsproto
+import wsproto.events as ws_events
+
+from server.guard import GuardedStream
+from server.listen.fastws import FastWebSocket, serve_websocket
+from server.listen.poller import ReadPoller, open_read_poller
+from server.listen.wire import ClientGone
+from tests.server.test_fastws import LISTEN
+
+TICK_S = 0.05
+
+
+def _pair() -> tuple[trio.socket.SocketType, trio.socket.SocketType]:
+    return trio.socket.socketpair()
+
+
+async def test_reads_are_woken_at_most_once_per_tick_and_at_once_when_idle(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    (a_in, a_out), (b_in, b_out) = _pair(), _pair()
+    woken: dict[str, float] = {}
+
+    async def reader(name: str, sock: trio.socket.SocketType, poller: ReadPoller) -> None:
+        await poller.wait_readable(sock.fileno())
+        woken[name] = trio.current_time()
+        assert await sock.recv(10) == b"x"
+
+    async with open_read_poller(TICK_S) as poller:
+        assert poller is not None
+        with poller.registered(a_in.fileno()), poller.registered(b_in.fileno()):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(reader, "a", a_in, poller)
+                nursery.start_soon(reader, "b", b_in, poller)
+                await trio.sleep(1.0)  # idle: nothing polled
+                assert poller.statistics().polls == 0
+                start = trio.current_time()
+                await a_out.send(b"x")
+                await trio.sleep(0.001)
+                await b_out.send(b"x")  # ready 1 ms after the first poll: waits for the next
+            assert woken["a"] - start < 0.001  # idle poller: read at once
+            assert woken["b"] - woken["a"] == pytest.approx(TICK_S, abs=1e-3)
+            stats = poller.statistics()
+            assert (stats.registered, stats.parked, stats.polls, stats.wakes) == (2, 0, 2, 2)
+        assert poller.statistics().registered == 0
+    for sock in (a_in, a_out, b_in, b_out):
+        sock.close()
+
+
+async def test_a_busy_reader_is_woken_by_a_later_poll(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Level-triggered: readiness found while the reader was not parked is not lost."""
+    sock_in, sock_out = _pair()
+    async with open_read_poller(TICK_S) as poller:
+        assert poller is not None
+        with poller.registered(sock_in.fileno()):
+            await sock_out.send(b"x")
+            await trio.sleep(0.2)  # polled (nobody parked) while the reader was busy
+            polls = poller.statistics().polls
+            assert polls >= 1
+            with trio.fail_after(TICK_S + 0.01):
+                await poller.wait_readable(sock_in.fileno())
+            assert await sock_in.recv(10) == b"x"
+    sock_in.close()
+    sock_out.close()
+
+
+async def test_closing_wakes_the_parked_reader_and_cancelling_unparks_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    sock_in, sock_out = _pair()
+    fd = sock_in.fileno()
+    async with open_read_poller(TICK_S) as poller:
+        assert poller is not None
+        with poller.registered(fd):
+            with trio.move_on_after(1.0):
+                await poller.wait_readable(fd)
+            assert poller.statistics().parked == 0  # the cancelled wait left nothing behind
+
+            async def park() -> None:
+                with pytest.raises(trio.ClosedResourceError):
+                    await poller.wait_readable(fd)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(park)
+                await trio.testing.wait_all_tasks_blocked()
+                assert poller.statistics().parked == 1
+                with pytest.raises(trio.BusyResourceError):  # one reader per socket
+                    await poller.wait_readable(fd)
+                poller.notify_closing(fd)  # as the guarded stream's abort does
+            assert poller.statistics().registered == 0
+            with pytest.raises(trio.ClosedResourceError):
+                await poller.wait_readable(fd)  # no longer registered
+    sock_in.close()
+    sock_out.close()
+
+
+async def test_a_reused_descriptor_keeps_its_new_registration() -> None:
+    """A socket closed under its registration, and its number reused by the next socket: the
+    old registration's exit must not unregister the new one."""
+    async with open_read_poller(TICK_S) as poller:
+        assert poller is not None
+        old_in, old_out = _pair()
+        fd = old_in.fileno()
+        with poller.registered(fd):
+            old_in.close()
+            new_in, new_out = _pair()
+            assert new_in.fileno() == fd  # the lowest free number is reused
+            with poller.registered(fd):
+                pass_through = poller.statistics().registered
+        assert pass_through == 1
+        with poller.registered(fd):
+            await new_out.send(b"x")
+            with trio.fail_after(5):
+                await poller.wait_readable(fd)
+    for sock in (old_out, new_in, new_out):
+        sock.close()
+
+
+async def test_no_poller_without_a_tick() -> None:
+    async with open_read_poller(0) as poller:
+        assert poller is None
+
+
+async def test_an_aborted_connection_wakes_its_parked_reader() -> None:
+    """The write deadline aborts the socket while the session's reader is parked in the
+    poller: the reader sees the client gone instead of waiting forever."""
+    server_sock, client_sock = trio.socket.socketpair()
+    for sock in (server_sock, client_sock):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stream = GuardedStream(
+        trio.SocketStream(server_sock), lambda: trio.current_time() + 0.3, lambda: None
+    )
+    client = trio.SocketStream(client_sock)
+    received: list[object] = []
+
+    async def app(sock: FastWebSocket) -> None:
+        await sock.accept()
+
+        async def read() -> None:
+            received.append(await sock.receive())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read)
+            try:
+                while True:
+                    await sock.send_text("x" * 16384)  # the client never reads
+            except ClientGone:
+                pass
+
+    ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+    await client.send_all(ws.send(ws_events.Request(host="t", target=LISTEN)))
+    with trio.fail_after(5):
+        async with open_read_poller(TICK_S) as poller:
+            head = await stream.receive_some(65536)
+            await serve_websocket(stream, head, {}, app=app, max_message_bytes=65536, poller=poller)
+            assert poller is not None and poller.statistics().registered == 0
+    assert stream.aborted and received == [None]
+    await client.aclose()
