@@ -84,6 +84,15 @@ class GuardedStream(trio.abc.HalfCloseableStream):
         if self.closed:
             await trio.lowlevel.checkpoint()
             raise trio.ClosedResourceError("stream closed")
+        if self._send_scope is None:  # no write in progress: try to hand it all over at once
+            await trio.lowlevel.checkpoint_if_cancelled()
+            sent = self._send_now(data)
+            if sent == len(data):
+                self.bytes_sent += sent
+                await trio.lowlevel.cancel_shielded_checkpoint()  # sent: not cancellable now
+                return
+            self.bytes_sent += sent
+            data = memoryview(data)[sent:]
         with trio.CancelScope(deadline=self._send_deadline(), shield=True) as scope:
             self._send_scope = scope
             try:
@@ -95,6 +104,20 @@ class GuardedStream(trio.abc.HalfCloseableStream):
             self.abort()
             raise trio.BrokenResourceError("write deadline passed: the peer does not read")
         self.bytes_sent += len(data)
+
+    def _send_now(self, data: bytes | bytearray | memoryview) -> int:
+        """What the kernel takes of ``data`` without waiting (the socket is non-blocking): a
+        small message usually goes whole, and skips the deadline scope and Trio's write loop.
+
+        Raises:
+            trio.BrokenResourceError: the peer reset the connection.
+        """
+        try:
+            return os.write(self.fileno, data)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            raise trio.BrokenResourceError(str(exc)) from exc
 
     def tighten_send_deadline(self, deadline: float) -> None:
         """Bring a pending write's deadline forward (shutdown); later writes read it anew."""

@@ -31,7 +31,7 @@ from __future__ import annotations
 import bisect
 from collections import deque
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 import webrtcvad
 
@@ -57,9 +57,8 @@ BYTES_PER_SAMPLE: Final = 2
 SUPPORTED_RATES: Final = (8000, 16000, 32000, 48000)
 
 
-@dataclass(frozen=True, slots=True)
-class GateOutput:
-    """What one :meth:`VadGate.process` call lets through.
+class GateOutput(NamedTuple):
+    """What one :meth:`VadGate.process` call lets through (a tuple: one per audio frame).
 
     Attributes:
         forward: PCM16 to send to the STT stream (may be empty).
