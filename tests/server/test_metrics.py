@@ -69,6 +69,9 @@ async def test_families_exist_and_move_after_a_real_session(
             async with trioscribe_server.api() as api2:
                 text = await api2.metrics()
         _, after = await _scrape(trioscribe_server)
+        while _value(after, "trioscribe_sessions_live"):
+            await trio.sleep(0.05)  # the session reads the close at its next read tick
+            _, after = await _scrape(trioscribe_server)
     assert {name: types.get(name) for name in FAMILIES} == FAMILIES
     assert _value(during, "trioscribe_sessions_live") == 1
     assert _value(after, "trioscribe_sessions_live") == 0
