@@ -7,11 +7,16 @@ session's own work, against 28-35 µs when one task reads every ready socket per
 (``bench/results/profile.md``). So the fast transport's sessions park here instead:
 
 - every registered socket is in one **level-triggered** epoll of its own, registered once;
-- the poller task waits (in Trio) until that epoll is readable, then **at most once per
-  tick** polls it without blocking and wakes the sessions parked on the ready sockets; a session
+- the poller task waits (in Trio) until that epoll is readable, then polls it without blocking
+  at most ``SLOTS`` times per tick, and wakes the sessions parked on ready sockets; a session
   that was busy is reported again at the next poll (level-triggered: nothing is missed);
-- an idle process polls nothing: the first frame after a quiet spell is read at once, so the
-  added latency is at most one tick, and only under load.
+- each socket has a **slot** (registrations go round-robin over ``SLOTS``), and the polls take
+  turns: a ready socket is woken at its slot's turn, once per tick, so each poll wakes about a
+  tenth of the sessions. Waking all of them at once made each Trio scheduling round as long as
+  every session's work (P2's loop lag p99 went from 4 ms to 27-80 ms);
+- a socket not woken for a whole tick (a quiet session, or an idle process) is woken at the
+  next poll, whatever its slot: the first frame after a quiet spell waits at most a slot
+  (tick / ``SLOTS``). The added latency is at most one tick, and only under load.
 
 The tick trades latency for CPU: ``--listen-read-tick-ms 0`` keeps one wait per socket (no
 poller). The default, 200 ms, reads two 100 ms frames per wake-up under load: at 150 sessions
@@ -40,7 +45,10 @@ from typing import Final, final
 import outcome
 import trio
 
-__all__ = ["ReadPoller", "ReadPollerStatistics", "open_read_poller", "poller_supported"]
+__all__ = ["SLOTS", "ReadPoller", "ReadPollerStatistics", "open_read_poller", "poller_supported"]
+
+#: Polls per tick; each wakes the ready sockets of one slot (and the ones quiet for a tick).
+SLOTS: Final = 10
 
 #: Events asked for: data (and, always reported by epoll, hang-up and errors: EOF to read).
 _EVENTS: Final = select.EPOLLIN if hasattr(select, "EPOLLIN") else 0
@@ -64,6 +72,19 @@ class ReadPollerStatistics:
     #: polls since start, and readers they woke
     polls: int
     wakes: int
+    #: the most readers one poll woke (about registered / ``SLOTS`` under steady load)
+    largest_wake: int
+
+
+@final
+class _Registration:
+    """One registered socket: its slot, and when its reader was last woken."""
+
+    __slots__ = ("slot", "woken_at")
+
+    def __init__(self, slot: int) -> None:
+        self.slot = slot
+        self.woken_at = -math.inf
 
 
 @final
@@ -71,7 +92,8 @@ class ReadPoller:
     """One epoll for the listen sockets of this process (see the module docstring).
 
     Args:
-        tick_s: the least time between two polls (> 0).
+        tick_s: the least time between two wake-ups of one socket's reader (> 0); polls are
+            ``tick_s / SLOTS`` apart at least.
 
     Only :func:`open_read_poller` makes one: it runs :meth:`run` and closes the epoll.
     """
@@ -82,15 +104,18 @@ class ReadPoller:
         self._tick_s = tick_s
         self._epoll = select.epoll()
         #: fd -> the registration that owns it (an fd number is reused once closed)
-        self._owners: dict[int, object] = {}
+        self._owners: dict[int, _Registration] = {}
         self._parked: dict[int, trio.lowlevel.Task] = {}
+        self._next_slot = 0
         self._polls = 0
         self._wakes = 0
+        self._largest_wake = 0
 
     @contextmanager
     def registered(self, fd: int) -> Iterator[None]:
         """Register ``fd`` (a connected, non-blocking socket) for the block's duration."""
-        token = object()
+        token = _Registration(self._next_slot)
+        self._next_slot = (self._next_slot + 1) % SLOTS
         try:
             self._epoll.register(fd, _EVENTS)
         except FileExistsError:  # a closed socket's number, reused: take it over
@@ -100,7 +125,7 @@ class ReadPoller:
             yield
         finally:
             if self._owners.get(fd) is token:
-                self._forget(fd)
+                self.notify_closing(fd)
 
     def _forget(self, fd: int) -> None:
         del self._owners[fd]
@@ -143,21 +168,38 @@ class ReadPoller:
         """Poll and wake, forever (see the module docstring). Cancel it to stop; parked
         readers are not woken (their own scopes end them)."""
         task_status.started()
-        epoll, parked, reschedule = self._epoll, self._parked, trio.lowlevel.reschedule
+        epoll, slot_s = self._epoll, self._tick_s / SLOTS
         next_poll = -math.inf
+        turn = 0
         while True:
             await trio.lowlevel.wait_readable(epoll.fileno())
             now = trio.current_time()
             if now < next_poll:
                 await trio.sleep_until(next_poll)
                 now = trio.current_time()
-            next_poll = now + self._tick_s
-            self._polls += 1
-            for fd, _events in epoll.poll(0, len(self._owners) + 1):
-                task = parked.pop(fd, None)
-                if task is not None:
-                    self._wakes += 1
-                    reschedule(task)
+            next_poll = now + slot_s
+            turn = (turn + 1) % SLOTS
+            self._wake_ready(epoll.poll(0, len(self._owners) + 1), turn, now)
+
+    def _wake_ready(self, ready: list[tuple[int, int]], turn: int, now: float) -> None:
+        """Wake the parked readers of ``ready`` sockets whose turn it is, or who were not
+        woken for a tick."""
+        parked, owners, reschedule = self._parked, self._owners, trio.lowlevel.reschedule
+        quiet_since = now - self._tick_s
+        woken = 0
+        for fd, _events in ready:
+            task = parked.get(fd)
+            if task is None:
+                continue
+            owner = owners[fd]  # a parked reader's socket is registered (see notify_closing)
+            if owner.slot == turn or owner.woken_at <= quiet_since:
+                del parked[fd]
+                owner.woken_at = now
+                woken += 1
+                reschedule(task)
+        self._polls += 1
+        self._wakes += woken
+        self._largest_wake = max(self._largest_wake, woken)
 
     def statistics(self) -> ReadPollerStatistics:
         """A snapshot of the poller's counts."""
@@ -167,6 +209,7 @@ class ReadPoller:
             parked=len(self._parked),
             polls=self._polls,
             wakes=self._wakes,
+            largest_wake=self._largest_wake,
         )
 
     def _close(self) -> None:
