@@ -68,7 +68,7 @@ __all__ = [
     "run_p4",
 ]
 
-MAX_SESSIONS: Final = 1200
+MAX_SESSIONS: Final = 1600
 ADMIN_TOKEN: Final = "bench-admin"
 BASELINE_TOKEN: Final = "bench-baseline"
 SERVERS: Final = ("trioscribe", "baseline")
