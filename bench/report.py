@@ -172,6 +172,7 @@ def _notes(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
         if data.get("server_processes_changed"):
             notes.append(f"- P1M {server}: its worker processes changed between steps "
                          "(a worker died and was restarted).")  # fmt: skip
+    notes += _cpu_note(results.get("P1", {}))
     if "P1" in results:
         notes.append("- (1) P1 baseline at 200 ms: impossible by design (0.6 s transcript batch "
                      "tick), so that ratio alone says nothing about capacity.")  # fmt: skip
@@ -179,6 +180,24 @@ def _notes(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
         notes.append("- (2) P1M baseline at 500 ms: its 0.6 s batch tick puts its p99 at "
                      "0.5-0.68 s at any load, so a 0 there is its design, not its capacity.")  # fmt: skip
     return ["", "Notes:", *notes] if notes else []
+
+
+def _cpu_note(p1: Mapping[str, Any]) -> list[str]:
+    """How the CPU row was measured: the median of alternated samples, their spread, and
+    trioscribe's ratio within each pair (absent from results of one sample per server)."""
+    cpu = {server: p1.get(server, {}).get("cpu", {}) for server in ("trioscribe", "baseline")}
+    if not all(c.get("samples") for c in cpu.values()):
+        return []
+    spread = ", ".join(
+        f"{server} {1000 * c['min']:.2f}-{1000 * c['max']:.2f}"
+        for server, c in cpu.items()
+        if c.get("min") is not None and c.get("max") is not None
+    )
+    ratios = ", ".join(f"{r:.2f}x" for r in cpu["trioscribe"].get("pair_ratios", []))
+    return [f"- P1 CPU row: median of {len(cpu['trioscribe']['samples'])} samples per server at "
+            f"{cpu['trioscribe'].get('sessions', '?')} sessions, alternated between the servers "
+            f"(fresh server each); range {spread} ms; trioscribe/baseline within each pair: "
+            f"{ratios or '-'}."]  # fmt: skip
 
 
 def _cores(value: Any) -> str:

@@ -24,6 +24,7 @@ import os
 import re
 import signal
 import sqlite3
+import statistics
 import sys
 import tempfile
 import time
@@ -56,6 +57,7 @@ __all__ = [
     "generator_prefix",
     "best_under",
     "cpu_per_session_second",
+    "cpu_summary",
     "generator_bound",
     "open_target",
     "p1m_server",
@@ -103,6 +105,11 @@ class Plan:
     #: and up to 1,200 once the workers ran without the cyclic GC (``bench/loadgen/__main__``).
     p1_generator_processes: int = 2
     cpu_sessions: int = 150
+    #: CPU samples per server at ``cpu_sessions``, alternated between the servers (the order
+    #: flips every pair); the figure is each server's median. One sample each was not enough:
+    #: this VM's speed drifts by tens of percent between minutes (on 2026-12-02 single pairs
+    #: gave ratios from 0.74x to 1.52x for the same code).
+    cpu_runs: int = 5
     p2_sessions: int = 100
     p2_duration_s: int = 15
     p3_sessions: int = 500
@@ -128,6 +135,7 @@ class Plan:
             p1_duration_s=5,
             p1_budget_s=150.0,
             cpu_sessions=100,
+            cpu_runs=1,
             p2_sessions=40,
             p2_duration_s=6,
             p3_sessions=100,
@@ -359,8 +367,7 @@ async def _p1_one(name: str, plan: Plan) -> dict[str, Any]:
             "max_sessions_p99_1s": best_1s,
             "hit_step_cap": bool(runs) and best_1s == max(plan.p1_steps),
             "generator_bound_steps": [r["sessions"] for r in runs if generator_bound(r)],
-            "generator_late_frames": sum(r["late_frames"] for r in runs),
-            "cpu": await _p1_cpu(name, plan)}  # fmt: skip
+            "generator_late_frames": sum(r["late_frames"] for r in runs)}  # fmt: skip
 
 
 async def _p1_cpu(name: str, plan: Plan) -> dict[str, Any]:
@@ -377,6 +384,37 @@ async def _p1_cpu(name: str, plan: Plan) -> dict[str, Any]:
             "lost": run["lost"]}  # fmt: skip
 
 
+def cpu_summary(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One server's CPU figure from its samples: the median of ``server_cpu_per_session_s``
+    (samples without one are left out), with the samples, their spread and any loss."""
+    figures = sorted(
+        s["server_cpu_per_session_s"] for s in samples if s["server_cpu_per_session_s"]
+    )
+    median = statistics.median(figures) if figures else None
+    return {"sessions": samples[0]["sessions"] if samples else 0,
+            "server_cpu_per_session_s": median,
+            "min": figures[0] if figures else None, "max": figures[-1] if figures else None,
+            "generator_bound": any(s["generator_bound"] for s in samples),
+            "lost": sum(s["lost"] for s in samples), "samples": list(samples)}  # fmt: skip
+
+
+async def _p1_cpu_alternated(plan: Plan) -> dict[str, dict[str, Any]]:
+    """``plan.cpu_runs`` CPU samples per server, alternated (A B, B A, A B, ...) so both see
+    the same minutes of this machine; per server, :func:`cpu_summary`, and ``pair_ratios``:
+    trioscribe's figure over the baseline's within each pair."""
+    samples: dict[str, list[dict[str, Any]]] = {name: [] for name in SERVERS}
+    for i in range(plan.cpu_runs):
+        for name in SERVERS if i % 2 == 0 else SERVERS[::-1]:
+            samples[name].append(await _p1_cpu(name, plan))
+    out = {name: cpu_summary(found) for name, found in samples.items()}
+    out["trioscribe"]["pair_ratios"] = [
+        round(t["server_cpu_per_session_s"] / b["server_cpu_per_session_s"], 3)
+        for t, b in zip(samples["trioscribe"], samples["baseline"], strict=True)
+        if t["server_cpu_per_session_s"] and b["server_cpu_per_session_s"]
+    ]
+    return out
+
+
 async def run_p1(plan: Plan) -> dict[str, Any]:
     """P1: the session ramp for both servers, with the maxima at p99 < 0.2, 0.5 and 1 s, and
     CPU per session-second at a common load."""
@@ -384,6 +422,8 @@ async def run_p1(plan: Plan) -> dict[str, Any]:
     out: dict[str, Any] = {"steps": list(plan.p1_steps)}
     for name in SERVERS:
         out[name] = await _p1_one(name, plan)
+    for name, cpu in (await _p1_cpu_alternated(plan)).items():
+        out[name]["cpu"] = cpu
     return out
 
 

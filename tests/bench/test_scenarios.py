@@ -17,6 +17,7 @@ from bench.report import load_results, table, write_report
 from bench.scenarios import (
     Plan,
     best_under,
+    cpu_summary,
     generator_prefix,
     p1m_server,
     p3_server,
@@ -78,6 +79,19 @@ def test_a_generator_bound_step_never_decides_a_figure() -> None:
     assert best_under(runs, 1.0) == 10
 
 
+def _cpu(figure: float | None, lost: int = 0) -> dict[str, Any]:
+    return {"sessions": 150, "server_cpu_per_session_s": figure, "generator_bound": False,
+            "lost": lost}  # fmt: skip
+
+
+def test_cpu_figure_is_the_median_of_its_samples() -> None:
+    summary = cpu_summary([_cpu(0.003), _cpu(0.001), _cpu(None), _cpu(0.002, lost=1)])
+    assert summary["server_cpu_per_session_s"] == 0.002  # 0.001, 0.002, 0.003: None is left out
+    assert (summary["min"], summary["max"], summary["lost"]) == (0.001, 0.003, 1)
+    assert len(summary["samples"]) == 4 and summary["sessions"] == 150
+    assert cpu_summary([])["server_cpu_per_session_s"] is None
+
+
 @pytest.mark.slow
 def test_report_from_a_tiny_fixture(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
@@ -90,9 +104,11 @@ def test_report_from_a_tiny_fixture(tmp_path: Path) -> None:
         "max_sessions_p99_200ms": 0,
         "max_sessions_p99_1s": 10,
         "generator_late_frames": 0,
-        "cpu": {"server_cpu_per_session_s": 0.02},
+        "cpu": cpu_summary([_cpu(0.02), _cpu(0.03), _cpu(0.01)]),
         "generator_bound_steps": [20],
     }
+    p1["trioscribe"]["cpu"] = cpu_summary([_cpu(0.01), _cpu(0.012), _cpu(0.008)])
+    p1["trioscribe"]["cpu"]["pair_ratios"] = [0.5, 0.4, 0.8]
     p3 = {"trioscribe": {"exit_s": 1.0, "conversations_lost": 0, "connected": 5},
           "baseline": {"exit_s": 0.5, "conversations_lost": 2, "connected": 5}}  # fmt: skip
     (tmp_path / "P1.json").write_text(json.dumps(p1))
@@ -102,6 +118,11 @@ def test_report_from_a_tiny_fixture(tmp_path: Path) -> None:
     assert "| P1 | max sessions, p99 frame->segment < 1 s | 20 | 10 | 2.00x |" in text
     assert "| P1 | server CPU-ms per session-second (common load) | 10 | 20 | 0.50x |" in text
     assert "- P1 baseline: generator-bound at [20] sessions" in text
+    assert (
+        "- P1 CPU row: median of 3 samples per server at 150 sessions, alternated between "
+        "the servers (fresh server each); range trioscribe 8.00-12.00, baseline "
+        "10.00-30.00 ms; trioscribe/baseline within each pair: 0.50x, 0.40x, 0.80x."
+    ) in text
     assert "| P3 | time from SIGTERM to exit, s | 1 | 0.50 | 2.00x | lower |" in text
     assert "Not run (no JSON): P2, P4, P1M, STT." in text
     assert "- (1) P1 baseline at 200 ms: impossible by design" in text
