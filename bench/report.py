@@ -162,6 +162,9 @@ def _notes(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
         if data.get("generator_bound_steps"):
             notes.append(f"- P1 {server}: generator-bound at {data['generator_bound_steps']} "
                          "sessions (a frame > 50 ms late): those steps decide no figure.")  # fmt: skip
+        notes += [f"- P1 {server}: the {r['sessions']} step was generator-bound "
+                  f"({r['late_frames']} late frames) and ran again; the second run counts."
+                  for r in data.get("rerun_generator_bound", [])]  # fmt: skip
     for server in ("trioscribe", "baseline"):
         data = results.get("P1M", {}).get(server, {})
         if data.get("hit_step_cap"):

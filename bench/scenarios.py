@@ -352,12 +352,17 @@ def _step_config(target: Target, n: int, plan: Plan) -> LoadConfig:
 
 async def _p1_one(name: str, plan: Plan) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
+    rerun: list[dict[str, Any]] = []
     async with open_target(name, users=max(plan.p1_steps)) as target:
         with trio.move_on_after(plan.p1_budget_s):  # noqa: ASYNC912 -- each step awaits a run
             for n in plan.p1_steps:
                 config = replace(_step_config(target, n, plan),
                                  processes=plan.p1_generator_processes)  # fmt: skip
-                runs.append(_load_json(await run_listen_load(config)))
+                run = _load_json(await run_listen_load(config))
+                if generator_bound(run):  # once: a passing stall of the machine ends no ramp
+                    rerun.append(run)
+                    run = _load_json(await run_listen_load(config))
+                runs.append(run)
                 # Both limits come from the same runs; stop once even 1 s is exceeded.
                 if best_under(runs, 1.0) < n:
                     break
@@ -367,7 +372,8 @@ async def _p1_one(name: str, plan: Plan) -> dict[str, Any]:
             "max_sessions_p99_1s": best_1s,
             "hit_step_cap": bool(runs) and best_1s == max(plan.p1_steps),
             "generator_bound_steps": [r["sessions"] for r in runs if generator_bound(r)],
-            "generator_late_frames": sum(r["late_frames"] for r in runs)}  # fmt: skip
+            "generator_late_frames": sum(r["late_frames"] for r in runs),
+            "rerun_generator_bound": rerun}  # fmt: skip
 
 
 async def _p1_cpu(name: str, plan: Plan) -> dict[str, Any]:
@@ -402,6 +408,7 @@ async def _p1_cpu_alternated(plan: Plan) -> dict[str, dict[str, Any]]:
     """``plan.cpu_runs`` CPU samples per server, alternated (A B, B A, A B, ...) so both see
     the same minutes of this machine; per server, :func:`cpu_summary`, and ``pair_ratios``:
     trioscribe's figure over the baseline's within each pair."""
+    await trio.lowlevel.checkpoint()
     samples: dict[str, list[dict[str, Any]]] = {name: [] for name in SERVERS}
     for i in range(plan.cpu_runs):
         for name in SERVERS if i % 2 == 0 else SERVERS[::-1]:

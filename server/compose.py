@@ -203,7 +203,11 @@ async def open_components(
         openai_transport = overrides.get("openai_transport")
         summariser = await _open_summariser(stack, settings, embedded, openai_transport, stats)
         poller = await stack.enter_async_context(
-            open_read_poller(settings.listen_read_tick_ms / 1000)
+            open_read_poller(
+                settings.listen_read_tick_ms / 1000,
+                min_tick_s=min(settings.listen_read_min_tick_ms, settings.listen_read_tick_ms)
+                / 1000,
+            )
         )
         if poller is not None:
             stats["listen_poller"] = poller.statistics

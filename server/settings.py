@@ -137,8 +137,13 @@ class Settings:
     )
     listen_read_tick_ms: int = _setting(
         200,
-        "fast transport: sessions' reads are woken in batches at most this often (0: each "
-        "waits on its own socket); adds at most this to a segment's delivery under load",
+        "fast transport: under load, sessions' reads are woken in batches at most this often "
+        "(0: each waits on its own socket); adds at most this to a segment's delivery",
+    )
+    listen_read_min_tick_ms: int = _setting(
+        20,
+        "fast transport: the read tick while the event loop has headroom (it grows with the "
+        "loop's load up to --listen-read-tick-ms, which also bounds it; equal: a fixed tick)",
     )
     heartbeat_interval_s: float = _setting(10.0, "server 'ping' text frame interval")
     ws_max_frames_per_s: float = _setting(
@@ -229,6 +234,7 @@ def _validate(s: Settings) -> None:
         ("max_sessions", s.max_sessions >= 1, "must be >= 1"),
         ("max_sessions_per_user", s.max_sessions_per_user >= 1, "must be >= 1"),
         ("listen_read_tick_ms", 0 <= s.listen_read_tick_ms <= 1000, "must be between 0 and 1000"),
+        ("listen_read_min_tick_ms", 1 <= s.listen_read_min_tick_ms <= 1000, "must be 1-1000"),
         ("heartbeat_interval_s", s.heartbeat_interval_s > 0, "must be > 0"),
         ("idle_timeout_s", s.idle_timeout_s > 0, "must be > 0"),
         ("conversation_timeout_s", s.conversation_timeout_s > 0, "must be > 0"),

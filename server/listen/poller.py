@@ -18,11 +18,15 @@ session's own work, against 28-35 µs when one task reads every ready socket per
   next poll, whatever its slot: the first frame after a quiet spell waits at most a slot
   (tick / ``SLOTS``). The added latency is at most one tick, and only under load.
 
-The tick trades latency for CPU: ``--listen-read-tick-ms 0`` keeps one wait per socket (no
-poller). The default, 200 ms, reads two 100 ms frames per wake-up under load: at 150 sessions
-it cost 18% less CPU than 100 ms (p99 frame-to-segment 218 ms against 137 ms), at 800 sessions
-19% less with the same p99 (0.65 s against 0.60 s: less CPU, less queueing). It adds at most
-200 ms to a segment's delivery, and only under load; Omi's own transcript tick is 600 ms.
+The tick trades latency for CPU, so it **follows the load**: it is ``min_tick_s`` while the
+event loop's thread uses less than ``LOW_LOAD`` of a core, ``tick_s`` from ``HIGH_LOAD`` on,
+and in between in proportion (the load is that thread's CPU time over wall time, averaged over
+``LOAD_WINDOW_S`` windows). With headroom a frame is read within a few milliseconds (CPU is
+spent on latency); a busy process reads two 100 ms frames per wake-up at the default 200 ms,
+which at 800 sessions cost 19% less CPU than 100 ms with the same p99 (0.65 s against 0.60 s:
+less CPU, less queueing). A fixed 200 ms tick at 100-150 sessions put the p99 frame-to-segment
+at ~220 ms where it had been 18-30 ms. ``--listen-read-tick-ms 0`` keeps one wait per socket
+(no poller); equal minimum and maximum make the tick fixed.
 
 Ownership: :func:`open_read_poller` owns the epoll and the poller task (cancelled and closed on
 exit; the composition root closes it after every session ended). A session registers its socket
@@ -37,7 +41,8 @@ from __future__ import annotations
 
 import math
 import select
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Final, final
@@ -45,10 +50,28 @@ from typing import Final, final
 import outcome
 import trio
 
-__all__ = ["SLOTS", "ReadPoller", "ReadPollerStatistics", "open_read_poller", "poller_supported"]
+__all__ = [
+    "HIGH_LOAD",
+    "LOAD_WINDOW_S",
+    "LOW_LOAD",
+    "SLOTS",
+    "LoopLoad",
+    "ReadPoller",
+    "ReadPollerStatistics",
+    "open_read_poller",
+    "poller_supported",
+    "tick_for",
+]
 
 #: Polls per tick; each wakes the ready sockets of one slot (and the ones quiet for a tick).
 SLOTS: Final = 10
+
+#: Below this share of one core used by the event loop's thread, the tick is its minimum.
+LOW_LOAD: Final = 0.3
+#: From this share on, the tick is its maximum (in between: in proportion).
+HIGH_LOAD: Final = 0.7
+#: The load is measured over windows of this many (real) seconds.
+LOAD_WINDOW_S: Final = 0.5
 
 #: Events asked for: data (and, always reported by epoll, hang-up and errors: EOF to read).
 _EVENTS: Final = select.EPOLLIN if hasattr(select, "EPOLLIN") else 0
@@ -59,12 +82,55 @@ def poller_supported() -> bool:
     return hasattr(select, "epoll")
 
 
+class LoopLoad:
+    """The calling thread's CPU time over real time, per window of ``window_s`` (the event
+    loop's load when the poller calls it), averaged with the previous window's.
+
+    Calling it returns the current figure (0 until a window has passed); it reads two clocks
+    (``wall`` and ``cpu``: real time and the thread's CPU time, replaceable for tests).
+    """
+
+    __slots__ = ("_cpu", "_cpu_at", "_load", "_since", "_wall", "_window_s")
+
+    def __init__(
+        self,
+        window_s: float = LOAD_WINDOW_S,
+        *,
+        wall: Callable[[], float] = time.monotonic,
+        cpu: Callable[[], float] = time.thread_time,
+    ) -> None:
+        self._window_s = window_s
+        self._wall, self._cpu = wall, cpu
+        self._since = wall()
+        self._cpu_at = cpu()
+        self._load = 0.0
+
+    def __call__(self) -> float:
+        now = self._wall()
+        if now - self._since >= self._window_s and now > self._since:
+            cpu = self._cpu()
+            window = (cpu - self._cpu_at) / (now - self._since)
+            self._load = (self._load + window) / 2
+            self._since, self._cpu_at = now, cpu
+        return self._load
+
+
+def tick_for(load: float, min_tick_s: float, max_tick_s: float) -> float:
+    """The tick at ``load`` (see the module docstring)."""
+    share = min(1.0, max(0.0, (load - LOW_LOAD) / (HIGH_LOAD - LOW_LOAD)))
+    return min_tick_s + (max_tick_s - min_tick_s) * share
+
+
 @dataclass(frozen=True, slots=True)
 class ReadPollerStatistics:
     """A snapshot of a :class:`ReadPoller`."""
 
-    #: the tick: polls are at least this far apart (seconds)
+    #: the tick now: polls are at least a ``SLOTS``-th of it apart (seconds)
     tick_s: float
+    #: its bounds, and the load it follows (share of a core, see :class:`LoopLoad`)
+    min_tick_s: float
+    max_tick_s: float
+    load: float
     #: sockets registered now
     registered: int
     #: readers parked now (waiting for their socket's next poll)
@@ -92,16 +158,32 @@ class ReadPoller:
     """One epoll for the listen sockets of this process (see the module docstring).
 
     Args:
-        tick_s: the least time between two wake-ups of one socket's reader (> 0); polls are
-            ``tick_s / SLOTS`` apart at least.
+        tick_s: the tick under load, the most time between two wake-ups of a busy socket's
+            reader (> 0); polls are ``tick / SLOTS`` apart at least.
+        min_tick_s: the tick with headroom (0 < ``min_tick_s`` <= ``tick_s``; default
+            ``tick_s``: a fixed tick). Not 0: a socket stays ready until its woken reader
+            reads it, and the poller would poll it again and again meanwhile.
+        load: returns the event loop's load (share of a core), called at every poll; default
+            a :class:`LoopLoad` (only used when the tick can move).
 
     Only :func:`open_read_poller` makes one: it runs :meth:`run` and closes the epoll.
     """
 
-    def __init__(self, tick_s: float) -> None:
-        if not tick_s > 0:
-            raise ValueError("tick_s must be > 0")
-        self._tick_s = tick_s
+    def __init__(
+        self,
+        tick_s: float,
+        *,
+        min_tick_s: float | None = None,
+        load: Callable[[], float] | None = None,
+    ) -> None:
+        min_tick_s = tick_s if min_tick_s is None else min_tick_s
+        if not 0 < min_tick_s <= tick_s:
+            raise ValueError("need 0 < min_tick_s <= tick_s")
+        self._max_tick_s = tick_s
+        self._min_tick_s = min_tick_s
+        self._load = (load or LoopLoad()) if min_tick_s < tick_s else None
+        self._load_now = 0.0
+        self._tick_s = min_tick_s if self._load is not None else tick_s
         self._epoll = select.epoll()
         #: fd -> the registration that owns it (an fd number is reused once closed)
         self._owners: dict[int, _Registration] = {}
@@ -168,7 +250,7 @@ class ReadPoller:
         """Poll and wake, forever (see the module docstring). Cancel it to stop; parked
         readers are not woken (their own scopes end them)."""
         task_status.started()
-        epoll, slot_s = self._epoll, self._tick_s / SLOTS
+        epoll = self._epoll
         next_poll = -math.inf
         turn = 0
         while True:
@@ -177,7 +259,10 @@ class ReadPoller:
             if now < next_poll:
                 await trio.sleep_until(next_poll)
                 now = trio.current_time()
-            next_poll = now + slot_s
+            if self._load is not None:
+                self._load_now = self._load()
+                self._tick_s = tick_for(self._load_now, self._min_tick_s, self._max_tick_s)
+            next_poll = now + self._tick_s / SLOTS
             turn = (turn + 1) % SLOTS
             self._wake_ready(epoll.poll(0, len(self._owners) + 1), turn, now)
 
@@ -205,6 +290,9 @@ class ReadPoller:
         """A snapshot of the poller's counts."""
         return ReadPollerStatistics(
             tick_s=self._tick_s,
+            min_tick_s=self._min_tick_s,
+            max_tick_s=self._max_tick_s,
+            load=self._load_now,
             registered=len(self._owners),
             parked=len(self._parked),
             polls=self._polls,
@@ -217,9 +305,11 @@ class ReadPoller:
 
 
 @asynccontextmanager
-async def open_read_poller(tick_s: float) -> AsyncIterator[ReadPoller | None]:
-    """A running :class:`ReadPoller` with ``tick_s``, or ``None`` when ``tick_s`` is 0 or the
-    platform has no epoll (sessions then wait on their own sockets).
+async def open_read_poller(
+    tick_s: float, *, min_tick_s: float | None = None, load: Callable[[], float] | None = None
+) -> AsyncIterator[ReadPoller | None]:
+    """A running :class:`ReadPoller` (arguments as there), or ``None`` when ``tick_s`` is 0 or
+    the platform has no epoll (sessions then wait on their own sockets).
 
     Cancellation: on exit the poller task is cancelled and the epoll closed; close it only
     after every registered session ended (nothing wakes a parked reader afterwards).
@@ -228,7 +318,7 @@ async def open_read_poller(tick_s: float) -> AsyncIterator[ReadPoller | None]:
         await trio.lowlevel.checkpoint()
         yield None
         return
-    poller = ReadPoller(tick_s)
+    poller = ReadPoller(tick_s, min_tick_s=min_tick_s, load=load)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(poller.run)

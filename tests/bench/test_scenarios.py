@@ -106,6 +106,7 @@ def test_report_from_a_tiny_fixture(tmp_path: Path) -> None:
         "generator_late_frames": 0,
         "cpu": cpu_summary([_cpu(0.02), _cpu(0.03), _cpu(0.01)]),
         "generator_bound_steps": [20],
+        "rerun_generator_bound": [_run(10, 0.7, late=3)],
     }
     p1["trioscribe"]["cpu"] = cpu_summary([_cpu(0.01), _cpu(0.012), _cpu(0.008)])
     p1["trioscribe"]["cpu"]["pair_ratios"] = [0.5, 0.4, 0.8]
@@ -118,6 +119,7 @@ def test_report_from_a_tiny_fixture(tmp_path: Path) -> None:
     assert "| P1 | max sessions, p99 frame->segment < 1 s | 20 | 10 | 2.00x |" in text
     assert "| P1 | server CPU-ms per session-second (common load) | 10 | 20 | 0.50x |" in text
     assert "- P1 baseline: generator-bound at [20] sessions" in text
+    assert "- P1 baseline: the 10 step was generator-bound (3 late frames) and ran again" in text
     assert (
         "- P1 CPU row: median of 3 samples per server at 150 sessions, alternated between "
         "the servers (fresh server each); range trioscribe 8.00-12.00, baseline "

@@ -61,6 +61,8 @@ def test_flags_win_over_env_which_wins_over_defaults() -> None:
         _parse([], {"TRIOSCRIBE_PORT": "x"})
     with pytest.raises(SettingsError, match="invalid setting stt: must be one of"):
         _parse([], {"TRIOSCRIBE_STT": "whisper"})
+    with pytest.raises(SettingsError, match="listen_read_min_tick_ms: must be 1-1000"):
+        _parse(["--listen-read-min-tick-ms", "0"])  # a 0 tick would poll a ready socket in a loop
 
 
 def test_defaults_are_displayed_as_typed() -> None:

@@ -17,7 +17,15 @@ import wsproto.events as ws_events
 
 from server.guard import GuardedStream
 from server.listen.fastws import FastWebSocket, serve_websocket
-from server.listen.poller import SLOTS, ReadPoller, open_read_poller
+from server.listen.poller import (
+    HIGH_LOAD,
+    LOW_LOAD,
+    SLOTS,
+    LoopLoad,
+    ReadPoller,
+    open_read_poller,
+    tick_for,
+)
 from server.listen.wire import ClientGone
 from tests.server.test_fastws import LISTEN
 
@@ -98,6 +106,77 @@ async def test_busy_sockets_are_woken_a_slot_at_a_time(
     assert 1.0 / TICK_S - 1 <= min(wakes) and max(wakes) <= 1.0 / TICK_S + 2
     steady = (stats.wakes - len(pairs)) / (stats.polls - 1)
     assert steady == pytest.approx(len(pairs) / SLOTS, rel=0.2)
+    for sock_in, sock_out in pairs:
+        sock_in.close()
+        sock_out.close()
+
+
+def test_the_tick_follows_the_load_between_its_bounds() -> None:
+    assert tick_for(0.0, 0.02, 0.2) == tick_for(LOW_LOAD, 0.02, 0.2) == 0.02
+    assert tick_for(HIGH_LOAD, 0.02, 0.2) == tick_for(1.5, 0.02, 0.2) == 0.2
+    assert tick_for((LOW_LOAD + HIGH_LOAD) / 2, 0.02, 0.2) == pytest.approx(0.11)
+    for bad in ({"min_tick_s": 0.0}, {"min_tick_s": 0.3}):
+        with pytest.raises(ValueError):
+            ReadPoller(0.2, **bad)
+
+
+def test_loop_load_is_the_threads_cpu_share_per_window() -> None:
+    clocks = {"wall": 0.0, "cpu": 0.0}
+    load = LoopLoad(0.5, wall=lambda: clocks["wall"], cpu=lambda: clocks["cpu"])
+
+    def spend(wall_s: float, cpu_s: float) -> float:
+        clocks["wall"] += wall_s
+        clocks["cpu"] += cpu_s
+        return load()
+
+    assert spend(0.4, 0.4) == 0.0  # no window has passed
+    assert spend(0.1, 0.1) == pytest.approx(0.5)  # busy window (1.0), averaged with 0
+    assert spend(0.5, 0.0) == pytest.approx(0.25)  # an idle one halves it
+    assert spend(1.0, 0.8) == pytest.approx(0.525)
+    real = LoopLoad(0.0)  # the default clocks: this thread's CPU time, at most real time
+    sum(range(100_000))
+    assert 0.0 <= real() <= 1.0
+
+
+async def test_busy_sockets_are_read_sooner_with_headroom(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The same busy sockets as above, with a tick that follows an injected load: idle, each
+    is woken every ``min_tick``; loaded, once per tick (as with a fixed tick)."""
+    pairs = [_pair() for _ in range(20)]
+    wakes = [0] * len(pairs)
+    load = [0.0]
+
+    async def reader(i: int, sock: trio.socket.SocketType, poller: ReadPoller) -> None:
+        while True:
+            await poller.wait_readable(sock.fileno())
+            wakes[i] += 1
+            await sock.recv(1)
+
+    async def count_over(seconds: float) -> int:
+        before = sum(wakes)
+        await trio.sleep(seconds)
+        return sum(wakes) - before
+
+    async with open_read_poller(TICK_S, min_tick_s=TICK_S / 5, load=lambda: load[0]) as poller:
+        assert poller is not None
+        with contextlib.ExitStack() as stack:
+            for sock_in, sock_out in pairs:
+                stack.enter_context(poller.registered(sock_in.fileno()))
+                await sock_out.send(b"x" * 1000)
+            async with trio.open_nursery() as nursery:
+                for i, (sock_in, _) in enumerate(pairs):
+                    nursery.start_soon(reader, i, sock_in, poller)
+                idle = await count_over(1.0)
+                assert poller.statistics().tick_s == TICK_S / 5
+                load[0] = 1.0
+                await trio.sleep(TICK_S)  # the next polls see the new load
+                loaded = await count_over(1.0)
+                stats = poller.statistics()
+                nursery.cancel_scope.cancel()
+    assert (stats.tick_s, stats.load, stats.min_tick_s) == (TICK_S, 1.0, TICK_S / 5)
+    assert idle == pytest.approx(len(pairs) * 5 / TICK_S, rel=0.1)
+    assert loaded == pytest.approx(len(pairs) / TICK_S, rel=0.1)
     for sock_in, sock_out in pairs:
         sock_in.close()
         sock_out.close()
