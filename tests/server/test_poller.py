@@ -24,6 +24,7 @@ from server.listen.poller import (
     LoopLoad,
     ReadPoller,
     open_read_poller,
+    thread_busy_s,
     tick_for,
 )
 from server.listen.wire import ClientGone
@@ -122,7 +123,7 @@ def test_the_tick_follows_the_load_between_its_bounds() -> None:
 
 def test_loop_load_is_the_threads_cpu_share_per_window() -> None:
     clocks = {"wall": 0.0, "cpu": 0.0}
-    load = LoopLoad(0.5, wall=lambda: clocks["wall"], cpu=lambda: clocks["cpu"])
+    load = LoopLoad(0.5, wall=lambda: clocks["wall"], busy=lambda: clocks["cpu"])
 
     def spend(wall_s: float, cpu_s: float) -> float:
         clocks["wall"] += wall_s
@@ -133,8 +134,13 @@ def test_loop_load_is_the_threads_cpu_share_per_window() -> None:
     assert spend(0.1, 0.1) == pytest.approx(0.5)  # busy window (1.0), averaged with 0
     assert spend(0.5, 0.0) == pytest.approx(0.25)  # an idle one halves it
     assert spend(1.0, 0.8) == pytest.approx(0.525)
-    real = LoopLoad(0.0)  # the default clocks: this thread's CPU time, at most real time
-    sum(range(100_000))
+    real = LoopLoad(0.0)  # the default clocks: this thread's run and wait, at most real time
+    before = thread_busy_s()
+    spins = 0
+    while thread_busy_s() == before and spins < 10_000:  # the kernel updates it per tick
+        sum(range(1000))
+        spins += 1
+    assert thread_busy_s() > before
     assert 0.0 <= real() <= 1.0
 
 
