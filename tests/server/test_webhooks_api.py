@@ -18,6 +18,7 @@ from server.store import SegmentRow, new_id
 from server.webhooks.delivery import DeliveryConfig
 from tests.conftest import auth, create_user_token, start_server
 from tests.fakes.receivers import Reply, json_reply, open_receivers
+from tests.helpers import wait_until, wait_until_true
 
 
 async def test_webhook_crud_secrets_and_isolation(
@@ -200,9 +201,16 @@ async def test_memory_created_is_delivered_signed_logged_and_redeliverable(
         assert body["id"] == conversation_id and body["status"] == "completed"
         assert second.query == {"uid": [user_id]}
         Webhook(app_created["secret"]).verify(rx.on("/app")[0].body, rx.on("/app")[0].headers)
-        log = (await client.get(f"/v1/webhooks/{hook['id']}/deliveries", headers=alice)).json()[
-            "deliveries"
-        ]
+        log: list[dict[str, Any]] = []
+
+        async def recorded() -> bool:  # the server records the retry's answer just after it
+            nonlocal log
+            url = f"/v1/webhooks/{hook['id']}/deliveries"
+            log = (await client.get(url, headers=alice)).json()["deliveries"]
+            return bool(log) and log[0]["status"] == "delivered"
+
+        with trio.fail_after(10):
+            await wait_until_true(recorded)
         (delivery,) = log
         assert (delivery["status"], delivery["attempts"]) == ("delivered", 2)
         assert [a["status"] for a in delivery["attempt_log"]] == [500, 200]
@@ -214,6 +222,8 @@ async def test_memory_created_is_delivered_signed_logged_and_redeliverable(
             await rx.wait_for_count("/m", 3)
         assert rx.on("/m")[2].headers["webhook-id"] == first.headers["webhook-id"]
         stats = server.context.stats
+        with trio.fail_after(10):  # the app's reply is handled after the receiver answered
+            await wait_until(lambda: stats["webhooks"]().app_messages > 0)  # type: ignore[attr-defined]
         assert stats["webhooks"]().app_messages == 1  # type: ignore[attr-defined]
         assert stats["processing"]().completed == 1  # type: ignore[attr-defined]
         conversation = (
