@@ -133,7 +133,9 @@ class LoopLoad:
         now = self._wall()
         if now - self._since >= self._window_s and now > self._since:
             busy = self._busy()
-            window = (busy - self._busy_at) / (now - self._since)
+            # at most 1: the kernel brings schedstat up to date at scheduler ticks, so a window
+            # can read up to a tick more than it lasted
+            window = min(1.0, (busy - self._busy_at) / (now - self._since))
             self._load = (self._load + window) / 2
             self._since, self._busy_at = now, busy
         return self._load

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+from collections.abc import AsyncIterator
 
 import pytest
 import trio
@@ -75,41 +76,51 @@ async def test_a_reader_is_woken_once_per_tick_and_a_quiet_one_within_a_slot(
         sock.close()
 
 
-async def test_busy_sockets_are_woken_a_slot_at_a_time(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    """Forty sessions with data always waiting: each poll wakes about a tenth of them, so one
-    Trio scheduling round never carries every session's work (loop lag)."""
-    pairs = [_pair() for _ in range(40)]
-    wakes = [0] * len(pairs)
+@contextlib.asynccontextmanager
+async def _busy_readers(poller: ReadPoller, count: int) -> AsyncIterator[list[int]]:
+    """``count`` sockets with data always waiting, each with a reader parked in ``poller``
+    that takes one byte per wake; yields the wake count of each (readers stop on exit)."""
+    pairs = [_pair() for _ in range(count)]
+    wakes = [0] * count
 
-    async def reader(i: int, sock: trio.socket.SocketType, poller: ReadPoller) -> None:
+    async def reader(i: int, sock: trio.socket.SocketType) -> None:
         while True:
             await poller.wait_readable(sock.fileno())
             wakes[i] += 1
             await sock.recv(1)  # leaves more: the socket stays ready
 
-    async with open_read_poller(TICK_S) as poller:
-        assert poller is not None
+    try:
         with contextlib.ExitStack() as stack:
             for sock_in, sock_out in pairs:
                 stack.enter_context(poller.registered(sock_in.fileno()))
                 await sock_out.send(b"x" * 1000)
             async with trio.open_nursery() as nursery:
                 for i, (sock_in, _) in enumerate(pairs):
-                    nursery.start_soon(reader, i, sock_in, poller)
-                await trio.sleep(1.0)
+                    nursery.start_soon(reader, i, sock_in)
+                yield wakes
                 nursery.cancel_scope.cancel()
-            stats = poller.statistics()
+    finally:
+        for sock_in, sock_out in pairs:
+            sock_in.close()
+            sock_out.close()
+
+
+async def test_busy_sockets_are_woken_a_slot_at_a_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Forty sessions with data always waiting: each poll wakes about a tenth of them, so one
+    Trio scheduling round never carries every session's work (loop lag)."""
+    async with open_read_poller(TICK_S) as poller:
+        assert poller is not None
+        async with _busy_readers(poller, 40) as wakes:
+            await trio.sleep(1.0)
+        stats = poller.statistics()
     # the first poll wakes all forty (none woken for a tick yet); after it, a slot at a time
-    assert stats.largest_wake == len(pairs)
+    assert stats.largest_wake == len(wakes)
     assert max(wakes) - min(wakes) <= 1
     assert 1.0 / TICK_S - 1 <= min(wakes) and max(wakes) <= 1.0 / TICK_S + 2
-    steady = (stats.wakes - len(pairs)) / (stats.polls - 1)
-    assert steady == pytest.approx(len(pairs) / SLOTS, rel=0.2)
-    for sock_in, sock_out in pairs:
-        sock_in.close()
-        sock_out.close()
+    steady = (stats.wakes - len(wakes)) / (stats.polls - 1)
+    assert steady == pytest.approx(len(wakes) / SLOTS, rel=0.2)
 
 
 def test_the_tick_follows_the_load_between_its_bounds() -> None:
@@ -149,43 +160,23 @@ async def test_busy_sockets_are_read_sooner_with_headroom(
 ) -> None:
     """The same busy sockets as above, with a tick that follows an injected load: idle, each
     is woken every ``min_tick``; loaded, once per tick (as with a fixed tick)."""
-    pairs = [_pair() for _ in range(20)]
-    wakes = [0] * len(pairs)
     load = [0.0]
-
-    async def reader(i: int, sock: trio.socket.SocketType, poller: ReadPoller) -> None:
-        while True:
-            await poller.wait_readable(sock.fileno())
-            wakes[i] += 1
-            await sock.recv(1)
-
-    async def count_over(seconds: float) -> int:
-        before = sum(wakes)
-        await trio.sleep(seconds)
-        return sum(wakes) - before
-
     async with open_read_poller(TICK_S, min_tick_s=TICK_S / 5, load=lambda: load[0]) as poller:
         assert poller is not None
-        with contextlib.ExitStack() as stack:
-            for sock_in, sock_out in pairs:
-                stack.enter_context(poller.registered(sock_in.fileno()))
-                await sock_out.send(b"x" * 1000)
-            async with trio.open_nursery() as nursery:
-                for i, (sock_in, _) in enumerate(pairs):
-                    nursery.start_soon(reader, i, sock_in, poller)
-                idle = await count_over(1.0)
-                assert poller.statistics().tick_s == TICK_S / 5
-                load[0] = 1.0
-                await trio.sleep(TICK_S)  # the next polls see the new load
-                loaded = await count_over(1.0)
-                stats = poller.statistics()
-                nursery.cancel_scope.cancel()
+        async with _busy_readers(poller, 20) as wakes:
+            before = sum(wakes)
+            await trio.sleep(1.0)
+            idle = sum(wakes) - before
+            assert poller.statistics().tick_s == TICK_S / 5
+            load[0] = 1.0
+            await trio.sleep(TICK_S)  # the next polls see the new load
+            before = sum(wakes)
+            await trio.sleep(1.0)
+            loaded = sum(wakes) - before
+            stats = poller.statistics()
     assert (stats.tick_s, stats.load, stats.min_tick_s) == (TICK_S, 1.0, TICK_S / 5)
-    assert idle == pytest.approx(len(pairs) * 5 / TICK_S, rel=0.1)
-    assert loaded == pytest.approx(len(pairs) / TICK_S, rel=0.1)
-    for sock_in, sock_out in pairs:
-        sock_in.close()
-        sock_out.close()
+    assert idle == pytest.approx(len(wakes) * 5 / TICK_S, rel=0.1)
+    assert loaded == pytest.approx(len(wakes) / TICK_S, rel=0.1)
 
 
 async def test_a_busy_reader_is_woken_by_a_later_poll(
