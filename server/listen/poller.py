@@ -76,6 +76,9 @@ HIGH_LOAD: Final = 0.7
 #: The load is measured over windows of this many (real) seconds.
 LOAD_WINDOW_S: Final = 0.5
 
+#: Where Linux keeps a thread's run time and run-queue wait (ns), see :func:`thread_busy_s`.
+_SCHEDSTAT: Final = "/proc/thread-self/schedstat"
+
 #: Events asked for: data (and, always reported by epoll, hang-up and errors: EOF to read).
 _EVENTS: Final = select.EPOLLIN if hasattr(select, "EPOLLIN") else 0
 
@@ -101,9 +104,6 @@ def thread_busy_s() -> float:
     except (OSError, ValueError):
         return time.thread_time()
     return (int(run_ns) + int(wait_ns)) / 1e9
-
-
-_SCHEDSTAT: Final = "/proc/thread-self/schedstat"
 
 
 class LoopLoad:
