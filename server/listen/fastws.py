@@ -153,7 +153,7 @@ class FastWebSocket:
             self._protocol.send_response(self._response)
             self.accepted = True
             try:
-                await self._send(self._protocol.data_to_send())
+                await self._send_pending()
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 self.closed = True
                 raise ClientGone(str(exc)) from exc
@@ -165,12 +165,12 @@ class FastWebSocket:
         oversized 1009, bad UTF-8 1007, protocol error 1002; the close frame is already sent).
         """
         while True:
+            await self._pace()  # before a message is taken: a cancellation here loses none
             message = self._pop()
             if message is None or (message is _NOTHING and self._gone()):
                 await self._flush()  # the answer to a close, or the close of a failure
                 return None
             if message is not _NOTHING:
-                await self._pace()
                 return message  # type: ignore[return-value]  # not _NOTHING
             await self._read()
 
@@ -206,7 +206,8 @@ class FastWebSocket:
             return None
 
     async def _pace(self) -> None:
-        """Checkpoint for a buffered message: a cancellation check, a real yield sometimes."""
+        """Checkpoint before taking a message: a cancellation check, a real yield sometimes
+        (a read, which yields, restarts the count)."""
         self._since_yield += 1
         if self._since_yield >= YIELD_EVERY:
             self._since_yield = 0
@@ -243,7 +244,7 @@ class FastWebSocket:
         is gone."""
         async with self._send_lock:
             try:
-                await self._send(self._protocol.data_to_send())
+                await self._send_pending()
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self._eof = True
 
@@ -310,24 +311,31 @@ class FastWebSocket:
                 raise ClientGone("closed")
             self._protocol.send_text(text.encode())
             try:
-                await self._send(self._protocol.data_to_send())
+                await self._send_pending()
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 self.closed = True
                 raise ClientGone(str(exc)) from exc
 
-    async def _send(self, chunks: list[bytes]) -> None:
-        """Write ``chunks`` in order (``b""``: half-close); the caller holds the lock."""
+    async def _send_pending(self) -> None:
+        """Write what the protocol queued (frames, then a half-close if it queued one); the
+        caller holds the lock.
+
+        Cancellation: only before anything is taken from the protocol (it then stays queued
+        for the next write). Once taken it is written whole, bounded by the guard's write
+        deadline: ``GuardedStream.send_all`` is not cancellable past its first check, which
+        cannot fire here (nothing yields between ours and its), and ``send_eof`` never is. A
+        close frame taken and then cancelled used to be lost (the client saw 1006).
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        chunks = self._protocol.data_to_send()
         if not chunks:
             await trio.lowlevel.checkpoint()
             return
-        for chunk in chunks[:-1]:
-            await self._send_one(chunk)
-        await self._send_one(chunks[-1])
-
-    async def _send_one(self, chunk: bytes) -> None:
-        if chunk:
-            await self._stream.send_all(chunk)
-        else:
+        half_close = not chunks[-1]  # websockets queues b"" last, for its EOF
+        data = b"".join(chunks)  # one chunk (the usual case) is not copied
+        if data:
+            await self._stream.send_all(data)
+        if half_close:
             await self._stream.send_eof()
 
     def abort(self) -> None:
@@ -350,7 +358,7 @@ class FastWebSocket:
             if protocol.state is State.OPEN:
                 protocol.send_close(code, fit_reason(reason))
             try:
-                await self._send(protocol.data_to_send())
+                await self._send_pending()
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self._eof = True  # the peer is already gone: nothing left to tell it
 
@@ -358,12 +366,11 @@ class FastWebSocket:
         """After :meth:`close`: the next data message the client sent before it saw our close
         frame; ``None`` at its close frame or EOF. Unbounded: the caller bounds it."""
         while True:
+            await trio.lowlevel.checkpoint()  # before a message is taken (see receive)
             message = self._pop()
             if message is not _NOTHING:
-                await trio.lowlevel.checkpoint()
                 return message  # type: ignore[return-value]  # not _NOTHING
             if self._eof or self._protocol.close_rcvd is not None:
-                await trio.lowlevel.checkpoint()
                 return None
             await self._read()
 

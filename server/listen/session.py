@@ -198,6 +198,7 @@ class ListenSession:
         self._provider_name = provider_name
         self._out_send, self._out_recv = trio.open_memory_channel[str](OUTBOX_SIZE)
         self._receive_scope = trio.CancelScope()
+        self._receiving = False  # the receive loop waits for a message (nothing in hand)
         self._consumer_scope = trio.CancelScope()
         self._drained_outbox = trio.Event()
         self._outbox_closed = False
@@ -275,10 +276,17 @@ class ListenSession:
         return self._conversation_ended
 
     def end(self, cause: CloseCause) -> None:
-        """Stop the receive loop; the first cause given wins."""
+        """Stop the receive loop; the first cause given wins.
+
+        A drain does not cut a message the loop has in hand: it is taken whole (transcribed,
+        stored) and the loop stops after it; cancelling there lost a frame or its result.
+        Any other cause (idle, stalled, over budget, client gone) cuts it: the session cannot
+        go on, and a stalled client may be what the loop waits for.
+        """
         if self._cause is None:
             self._cause = cause
-        self._receive_scope.cancel()
+        if self._receiving or cause is not DRAINING:
+            self._receive_scope.cancel()
 
     # -- running ------------------------------------------------------------------------------
 
@@ -361,7 +369,9 @@ class ListenSession:
         """The hot path: one ``receive`` per frame; the rest is sync unless STT gets audio."""
         ws = self._ws
         while True:
+            self._receiving = True
             message = await ws.receive()
+            self._receiving = False
             if message is None:
                 self.end(CLIENT_GONE)
                 return
@@ -370,6 +380,8 @@ class ListenSession:
                 return
             await self._take(message, stream)
             message = None  # an idle session holds no frame (a 100 ms frame is 3.2 KB)
+            if self._cause is not None:  # a drain came while a message was in hand (see end)
+                return
 
     async def _take(  # noqa: ASYNC910 -- the caller's receive checkpoints (hot path)
         self, message: bytes | str, stream: SttStream

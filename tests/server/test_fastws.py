@@ -245,6 +245,80 @@ async def test_a_reader_that_never_reads_is_aborted_at_the_write_deadline() -> N
     await client.aclose()
 
 
+async def test_a_cancelled_receive_loses_no_buffered_message() -> None:
+    """Two frames arrive in one read; a receive cancelled after the first leaves the second
+    buffered (it used to be taken, then lost at the checkpoint that followed)."""
+    stream, client = await _pair(5.0, [], buffer_bytes=256 * 1024)
+    got: list[object] = []
+
+    async def app(sock: FastWebSocket) -> None:
+        await sock.accept()
+        got.append(await sock.receive())
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            got.append(await sock.receive())
+        got.append(await sock.receive())
+        await sock.close(1000)
+
+    async def client_side(ws: wsproto.WSConnection) -> None:
+        await _read_until(client, ws, lambda e: isinstance(e, ws_events.AcceptConnection))
+        await client.send_all(
+            ws.send(ws_events.BytesMessage(b"one")) + ws.send(ws_events.BytesMessage(b"two"))
+        )
+        await _read_until(client, ws, lambda e: isinstance(e, ws_events.CloseConnection))
+        await client.send_all(ws.send(ws_events.CloseConnection(1000)))
+
+    with trio.fail_after(5):
+        ws, _ = await _client_upgrade(client)
+        head = await stream.receive_some(65536)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client_side, ws)
+            await serve_websocket(stream, head, {}, app=app, max_message_bytes=65536)
+        await stream.linger_and_close(trio.current_time() + 1.0, 65536)  # the guard's part
+    assert got == [b"one", b"two"]
+    await client.aclose()
+
+
+async def test_a_failure_close_survives_the_reader_being_cancelled() -> None:
+    """The session's sender finds the connection failed and ends the session, cancelling the
+    reader just as the send lock passes to it with the 1007 close queued: the close still
+    goes out (it was taken, then lost: the client saw 1006)."""
+    stream, client = await _pair(5.0, [], buffer_bytes=4096)
+    seen: list[ws_events.Event] = []
+
+    async def app(sock: FastWebSocket) -> None:
+        await sock.accept()
+        reading = trio.CancelScope()
+
+        async def reader() -> None:
+            with reading:
+                await sock.receive()  # the bad frame: the close waits for the lock
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            await sock.send_text("x" * 100_000)  # holds the lock until the client reads
+            reading.cancel()  # the lock is the reader's now, not yet run: the session's end()
+
+    async def client_side(ws: wsproto.WSConnection) -> None:
+        await trio.testing.wait_all_tasks_blocked()  # the sender blocked, the reader parked
+        seen.extend(
+            await _read_until(client, ws, lambda e: isinstance(e, ws_events.CloseConnection))
+        )
+
+    with trio.fail_after(5):
+        ws, _ = await _client_upgrade(client)
+        head = await stream.receive_some(65536)
+        await client.send_all(b"\x81\x81\x00\x00\x00\x00\xff")  # after the head: not in it
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client_side, ws)
+            await serve_websocket(stream, head, {}, app=app, max_message_bytes=65536)
+        await stream.linger_and_close(trio.current_time() + 1.0, 65536)  # the guard's part
+    text = "".join(e.data for e in seen if isinstance(e, ws_events.TextMessage))
+    assert len(text) == 100_000
+    assert [e.code for e in seen if isinstance(e, ws_events.CloseConnection)] == [1007]
+    await client.aclose()
+
+
 async def test_receive_nowait_takes_what_the_kernel_holds_once() -> None:
     """The drain's backlog: buffered frames, then one read of what already arrived; frames
     sent later wait for ``receive``."""

@@ -340,8 +340,9 @@ async def test_deepgram_provider_end_to_end_against_the_fake_server(
 
 
 class _GatedStt(FakeSttProvider):
-    """The fake STT whose first ``send_audio`` waits (shielded) for ``gate``: the session stalls
-    on it while hypercorn queues the frames that follow, as a session behind under load."""
+    """The fake STT whose ``send_audio`` waits for ``gate``: the session stalls on its first
+    frame while the transport holds the frames that follow, as a session behind under load.
+    The wait is not shielded: a drain must not cut the frame the session has in hand."""
 
     def __init__(self, gate: trio.Event) -> None:
         super().__init__()
@@ -353,8 +354,7 @@ class _GatedStt(FakeSttProvider):
             send_audio = stream.send_audio
 
             async def gated(pcm16: bytes) -> None:
-                with trio.CancelScope(shield=True):
-                    await self.gate.wait()
+                await self.gate.wait()
                 await send_audio(pcm16)
 
             stream.send_audio = gated  # type: ignore[method-assign]
