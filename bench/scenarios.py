@@ -187,8 +187,6 @@ def _trioscribe_env(data_dir: str, extra: Mapping[str, str]) -> dict[str, str]:
         "TRIOSCRIBE_HOST": "127.0.0.1",
         "TRIOSCRIBE_PORT": "0",
         "TRIOSCRIBE_STT": "fake",
-        # the load-following read tick (not yet the default; see the setting's help)
-        "TRIOSCRIBE_LISTEN_READ_MIN_TICK_MS": "20",
         "TRIOSCRIBE_VAD": "off",
         "TRIOSCRIBE_ADMIN_TOKEN": ADMIN_TOKEN,
         "TRIOSCRIBE_MAX_SESSIONS": limit,

@@ -26,8 +26,8 @@ spent on latency); a busy process reads two 100 ms frames per wake-up at the def
 which at 800 sessions cost 19% less CPU than 100 ms with the same p99 (0.65 s against 0.60 s:
 less CPU, less queueing). A fixed 200 ms tick at 100-150 sessions put the p99 frame-to-segment
 at ~220 ms where it had been 18-30 ms. ``--listen-read-tick-ms 0`` keeps one wait per socket
-(no poller); equal minimum and maximum make the tick fixed (the server's default, 200 ms, until
-a close frame lost under CPU contention with the short tick is understood: see the setting).
+(no poller); equal minimum and maximum make the tick fixed. The server's defaults are 20 and
+200 ms.
 
 Ownership: :func:`open_read_poller` owns the epoll and the poller task (cancelled and closed on
 exit; the composition root closes it after every session ended). A session registers its socket

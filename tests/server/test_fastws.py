@@ -75,9 +75,9 @@ async def test_both_transports_serve_a_session(
             assert type(session._ws) is kind
             polled = server.context.stats.get("listen_poller")
             assert (polled is not None) == (tick_ms > 0)
-            if polled is not None:  # the default minimum (200 ms) is bounded by the maximum
+            if polled is not None:  # the default minimum (20 ms), within the maximum
                 stats = polled()
-                assert (stats.min_tick_s, stats.max_tick_s) == (0.05, tick_ms / 1000)
+                assert (stats.min_tick_s, stats.max_tick_s) == (0.02, tick_ms / 1000)
 
 
 async def test_http_whose_first_bytes_look_like_listen_is_served_by_hypercorn(
