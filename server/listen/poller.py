@@ -13,7 +13,10 @@ session's own work, against 28-35 µs when one task reads every ready socket per
 - each socket has a **slot** (registrations go round-robin over ``SLOTS``), and the polls take
   turns: a ready socket is woken at its slot's turn, once per tick, so each poll wakes about a
   tenth of the sessions. Waking all of them at once made each Trio scheduling round as long as
-  every session's work (P2's loop lag p99 went from 4 ms to 27-80 ms);
+  every session's work (P2's loop lag p99 went from 4 ms to 27-80 ms). Polls are at least
+  ``MIN_POLL_INTERVAL_S`` apart, so at a short tick one poll takes several slots' turns (at
+  20 ms: 2 polls of 5 slots). A poll costs a sleep, a wait on the epoll and a pass over every
+  ready socket; 10 polls per 20 ms tick were ~5% of the server's CPU at 150 sessions;
 - a socket not woken for a whole tick (a quiet session, or an idle process) is woken at the
   next poll, whatever its slot: the first frame after a quiet spell waits at most a slot
   (tick / ``SLOTS``). The added latency is at most one tick, and only under load.
@@ -55,18 +58,23 @@ __all__ = [
     "HIGH_LOAD",
     "LOAD_WINDOW_S",
     "LOW_LOAD",
+    "MIN_POLL_INTERVAL_S",
     "SLOTS",
     "LoopLoad",
     "ReadPoller",
     "ReadPollerStatistics",
     "open_read_poller",
     "poller_supported",
+    "polls_per_tick",
     "thread_busy_s",
     "tick_for",
 ]
 
-#: Polls per tick; each wakes the ready sockets of one slot (and the ones quiet for a tick).
+#: Slots per tick; a poll wakes the ready sockets of its slots (and the ones quiet for a tick).
 SLOTS: Final = 10
+#: Polls are at least this far apart (real seconds): at most ``SLOTS`` polls per tick, fewer
+#: at a short tick, each then taking several slots' turns.
+MIN_POLL_INTERVAL_S: Final = 0.01
 
 #: Below this load (share of real time the event loop's thread ran or waited to run), the tick
 #: is its minimum.
@@ -140,6 +148,12 @@ class LoopLoad:
             self._load = (self._load + window) / 2
             self._since, self._busy_at = now, busy
         return self._load
+
+
+def polls_per_tick(tick_s: float) -> int:
+    """Polls in a tick of ``tick_s``: ``SLOTS``, or fewer so that they are at least
+    ``MIN_POLL_INTERVAL_S`` apart (at least one)."""
+    return max(1, min(SLOTS, int(tick_s / MIN_POLL_INTERVAL_S + 1e-9)))
 
 
 def tick_for(load: float, min_tick_s: float, max_tick_s: float) -> float:
@@ -289,13 +303,15 @@ class ReadPoller:
             if self._load is not None:
                 self._load_now = self._load()
                 self._tick_s = tick_for(self._load_now, self._min_tick_s, self._max_tick_s)
-            next_poll = now + self._tick_s / SLOTS
-            turn = (turn + 1) % SLOTS
-            self._wake_ready(epoll.poll(0, len(self._owners) + 1), turn, now)
+            polls = polls_per_tick(self._tick_s)
+            span = -(-SLOTS // polls)  # slots whose turn this poll is (all covered per tick)
+            next_poll = now + self._tick_s / polls
+            turn = (turn + span) % SLOTS
+            self._wake_ready(epoll.poll(0, len(self._owners) + 1), turn, span, now)
 
-    def _wake_ready(self, ready: list[tuple[int, int]], turn: int, now: float) -> None:
-        """Wake the parked readers of ``ready`` sockets whose turn it is, or who were not
-        woken for a tick."""
+    def _wake_ready(self, ready: list[tuple[int, int]], turn: int, span: int, now: float) -> None:
+        """Wake the parked readers of ``ready`` sockets whose slot is one of the ``span``
+        from ``turn``, or who were not woken for a tick."""
         parked, owners, reschedule = self._parked, self._owners, trio.lowlevel.reschedule
         quiet_since = now - self._tick_s
         woken = 0
@@ -304,7 +320,7 @@ class ReadPoller:
             if task is None:
                 continue
             owner = owners[fd]  # a parked reader's socket is registered (see notify_closing)
-            if owner.slot == turn or owner.woken_at <= quiet_since:
+            if (owner.slot - turn) % SLOTS < span or owner.woken_at <= quiet_since:
                 del parked[fd]
                 owner.woken_at = now
                 woken += 1

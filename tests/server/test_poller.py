@@ -21,10 +21,12 @@ from server.listen.fastws import FastWebSocket, serve_websocket
 from server.listen.poller import (
     HIGH_LOAD,
     LOW_LOAD,
+    MIN_POLL_INTERVAL_S,
     SLOTS,
     LoopLoad,
     ReadPoller,
     open_read_poller,
+    polls_per_tick,
     thread_busy_s,
     tick_for,
 )
@@ -43,7 +45,7 @@ async def test_a_reader_is_woken_once_per_tick_and_a_quiet_one_within_a_slot(
 ) -> None:
     (a_in, a_out), (b_in, b_out) = _pair(), _pair()
     woken: list[tuple[str, float]] = []
-    slot_s = TICK_S / SLOTS
+    poll_s = TICK_S / polls_per_tick(TICK_S)
 
     async def reader(name: str, sock: trio.socket.SocketType, poller: ReadPoller) -> None:
         await trio.lowlevel.checkpoint()
@@ -68,8 +70,8 @@ async def test_a_reader_is_woken_once_per_tick_and_a_quiet_one_within_a_slot(
             (_, a1), (_, b1), (_, a2) = sorted(woken, key=lambda w: w[1])
             assert [name for name, _ in sorted(woken, key=lambda w: w[1])] == ["a", "b", "a"]
             assert a1 - start < 0.001  # an idle poller reads at once
-            assert b1 - a1 == pytest.approx(slot_s, abs=1e-3)  # quiet: the next poll
-            assert 2 * slot_s < a2 - a1 <= TICK_S + 1e-3  # just woken: it waits for its turn
+            assert b1 - a1 == pytest.approx(poll_s, abs=1e-3)  # quiet: the next poll
+            assert 2 * poll_s < a2 - a1 <= TICK_S + 1e-3  # just woken: it waits for its turn
             assert poller.statistics().wakes == 3
         assert poller.statistics().registered == 0
     for sock in (a_in, a_out, b_in, b_out):
@@ -108,8 +110,9 @@ async def _busy_readers(poller: ReadPoller, count: int) -> AsyncIterator[list[in
 async def test_busy_sockets_are_woken_a_slot_at_a_time(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """Forty sessions with data always waiting: each poll wakes about a tenth of them, so one
-    Trio scheduling round never carries every session's work (loop lag)."""
+    """Forty sessions with data always waiting: each poll wakes only its slots' share of them
+    (a fifth at this tick), so one Trio scheduling round never carries every session's work
+    (loop lag)."""
     async with open_read_poller(TICK_S) as poller:
         assert poller is not None
         async with _busy_readers(poller, 40) as wakes:
@@ -120,7 +123,15 @@ async def test_busy_sockets_are_woken_a_slot_at_a_time(
     assert max(wakes) - min(wakes) <= 1
     assert 1.0 / TICK_S - 1 <= min(wakes) and max(wakes) <= 1.0 / TICK_S + 2
     steady = (stats.wakes - len(wakes)) / (stats.polls - 1)
-    assert steady == pytest.approx(len(wakes) / SLOTS, rel=0.2)
+    assert steady == pytest.approx(len(wakes) / polls_per_tick(TICK_S), rel=0.2)
+    assert stats.polls == pytest.approx(polls_per_tick(TICK_S) / TICK_S, rel=0.1)
+
+
+def test_polls_are_at_most_slots_per_tick_and_never_closer_than_the_interval() -> None:
+    assert polls_per_tick(0.2) == SLOTS  # 20 ms apart
+    assert polls_per_tick(0.05) == 5
+    assert polls_per_tick(0.02) == 2  # 10 ms apart, each taking 5 slots' turns
+    assert polls_per_tick(MIN_POLL_INTERVAL_S / 2) == 1
 
 
 def test_the_tick_follows_the_load_between_its_bounds() -> None:
