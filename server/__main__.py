@@ -18,12 +18,13 @@ would (:func:`server.store.open_store`: SQLite in ``--data-dir``, or PostgreSQL 
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
 from collections.abc import Sequence
 from functools import partial
-from typing import NoReturn
+from typing import Final, NoReturn
 
 import trio
 
@@ -81,6 +82,7 @@ def _run_server(argv: Sequence[str]) -> int:
             handle: ServerHandle = await nursery.start(
                 partial(serve, settings, handle_signals=True, lifeline=lifeline)
             )
+            _tune_gc()
         return handle.drain.forced
 
     from server.guard import disarm_watchdog
@@ -90,6 +92,22 @@ def _run_server(argv: Sequence[str]) -> int:
     finally:
         disarm_watchdog()
     return EXIT_FORCED if forced else EXIT_OK
+
+
+#: Container allocations (net) between young-generation collections; CPython's default is 700.
+GC_YOUNG_THRESHOLD: Final = 10_000
+
+
+def _tune_gc() -> None:
+    """The server is up: what it holds now (modules, settings, the composition root) lives as
+    long as the process, so the cyclic collector stops walking it (``gc.freeze``), and young
+    collections run less often. At 150 sessions the collector took 2% of the server's CPU
+    (0.135 s of 6.5 s in 20 s), and a full pass walked ~100k objects on the event loop's
+    thread; frozen, with this threshold, 0.014 s (4 young collections). Garbage without cycles
+    is freed by reference counting as before; cycles wait at most this many allocations."""
+    gc.freeze()
+    _young, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
 class _CheckParser(argparse.ArgumentParser):

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import pathlib
 
 import pytest
 
-from server.__main__ import main
+from server.__main__ import GC_YOUNG_THRESHOLD, _tune_gc, main
 from server.settings import (
     Settings,
     SettingsError,
@@ -122,3 +123,14 @@ def test_check_reports_a_newer_schema(
         db.execute("PRAGMA user_version = 999")
     code, lines = _check(capsys, "--data-dir", str(tmp_path), "--migrate")
     assert code == 1 and "newer than this server's" in lines[0], lines
+
+
+def test_the_started_server_freezes_what_it_holds_and_collects_less_often() -> None:
+    threshold = gc.get_threshold()
+    try:
+        _tune_gc()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *threshold[1:])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
