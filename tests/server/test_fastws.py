@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import httpx
 import pytest
@@ -221,6 +221,27 @@ async def _client_upgrade(client: trio.SocketStream) -> tuple[wsproto.WSConnecti
     return ws, request
 
 
+async def _serve_with_client(
+    stream: GuardedStream,
+    client: trio.SocketStream,
+    app: Callable[[FastWebSocket], Awaitable[None]],
+    client_side: Callable[[wsproto.WSConnection], Awaitable[None]],
+    *,
+    first: bytes = b"",
+) -> None:
+    """Upgrade ``client`` (then send it ``first``), serve ``app`` on ``stream`` while
+    ``client_side`` runs, then do the guard's part: linger, close."""
+    with trio.fail_after(5):
+        ws, _ = await _client_upgrade(client)
+        head = await stream.receive_some(65536)
+        if first:
+            await client.send_all(first)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client_side, ws)
+            await serve_websocket(stream, head, {}, app=app, max_message_bytes=65536)
+        await stream.linger_and_close(trio.current_time() + 1.0, 65536)
+
+
 async def test_a_reader_that_never_reads_is_aborted_at_the_write_deadline() -> None:
     timeouts: list[int] = []
     stream, client = await _pair(0.3, timeouts)
@@ -268,13 +289,7 @@ async def test_a_cancelled_receive_loses_no_buffered_message() -> None:
         await _read_until(client, ws, lambda e: isinstance(e, ws_events.CloseConnection))
         await client.send_all(ws.send(ws_events.CloseConnection(1000)))
 
-    with trio.fail_after(5):
-        ws, _ = await _client_upgrade(client)
-        head = await stream.receive_some(65536)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(client_side, ws)
-            await serve_websocket(stream, head, {}, app=app, max_message_bytes=65536)
-        await stream.linger_and_close(trio.current_time() + 1.0, 65536)  # the guard's part
+    await _serve_with_client(stream, client, app, client_side)
     assert got == [b"one", b"two"]
     await client.aclose()
 
@@ -305,14 +320,10 @@ async def test_a_failure_close_survives_the_reader_being_cancelled() -> None:
             await _read_until(client, ws, lambda e: isinstance(e, ws_events.CloseConnection))
         )
 
-    with trio.fail_after(5):
-        ws, _ = await _client_upgrade(client)
-        head = await stream.receive_some(65536)
-        await client.send_all(b"\x81\x81\x00\x00\x00\x00\xff")  # after the head: not in it
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(client_side, ws)
-            await serve_websocket(stream, head, {}, app=app, max_message_bytes=65536)
-        await stream.linger_and_close(trio.current_time() + 1.0, 65536)  # the guard's part
+    # a one-byte text frame holding 0xff, sent after the head (not in it)
+    await _serve_with_client(
+        stream, client, app, client_side, first=b"\x81\x81\x00\x00\x00\x00\xff"
+    )
     text = "".join(e.data for e in seen if isinstance(e, ws_events.TextMessage))
     assert len(text) == 100_000
     assert [e.code for e in seen if isinstance(e, ws_events.CloseConnection)] == [1007]
@@ -353,12 +364,6 @@ async def test_receive_nowait_takes_what_the_kernel_holds_once() -> None:
         await _read_until(client, ws, lambda e: isinstance(e, ws_events.CloseConnection))
         await client.send_all(ws.send(ws_events.CloseConnection(1001)))
 
-    with trio.fail_after(5):
-        ws, _ = await _client_upgrade(client)
-        head = await stream.receive_some(65536)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(client_side, ws)
-            await serve_websocket(stream, head, {}, app=app, max_message_bytes=65536)
-        await stream.linger_and_close(trio.current_time() + 1.0, 65536)  # the guard's part
+    await _serve_with_client(stream, client, app, client_side)
     assert got == [*frames(pcm(0.3)), b"late"]
     await client.aclose()
