@@ -76,6 +76,11 @@ class GuardedStream(trio.abc.HalfCloseableStream):
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Send ``data`` or abort the connection at the write deadline.
 
+        Cancellation: only at its first check, before any byte is written; past it the write is
+        not cancellable (it completes, or the deadline aborts the connection), so a caller that
+        checked for cancellation itself just before loses nothing it handed over
+        (``FastWebSocket._send_pending`` relies on this).
+
         Raises:
             trio.BrokenResourceError: the deadline passed (the socket is aborted) or the peer
                 reset the connection.
