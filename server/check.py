@@ -59,7 +59,7 @@ async def _check(lane: ThreadLane, target: StoreTarget, migrate: bool) -> tuple[
             f"store {name}: {where}, {pending} migration(s) pending "
             "(run `python -m server check --migrate`)"
         )
-    async with target.open(lane, 1) as store:
+    async with target.open(lane, 1, None) as store:
         await store.list_users()  # a real query through the store, as the server makes them
     if pending:
         return (

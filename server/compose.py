@@ -4,6 +4,8 @@
 :class:`Components` record::
 
     open_components                    (one AsyncExitStack; closed in reverse order)
+    ├── loop load                      the event loop's load: the read tick and the
+    │                                  group commit's linger follow it (server.loopload)
     ├── storage ThreadLane + store     SQLite (or PostgreSQL: --database-url) through the lane
     ├── node                           this process's heartbeat row (cluster-wide session caps)
     ├── HTTP lane "jwks" + refresher   only with --auth-jwks-url (JWT bearer tokens)
@@ -43,6 +45,7 @@ from server.listen.handler import ListenDeps, ListenHandler, make_listen_handler
 from server.listen.poller import ReadPoller, open_read_poller
 from server.listen.registry import SessionRegistry
 from server.listen.sweeper import Sweeper
+from server.loopload import LoopLoad
 from server.metrics import ServerMetrics
 from server.processing.day_summary import DaySummaryScheduler
 from server.processing.summarise import Summariser
@@ -184,8 +187,9 @@ async def open_components(
     own shielded, bounded scope.
     """
     stats: Stats = {}
+    loop_load = LoopLoad()  # one per process: the read tick and the group commit follow it
     async with AsyncExitStack() as stack:
-        store = await stack.enter_async_context(_open_store(settings, stats))
+        store = await stack.enter_async_context(_open_store(settings, stats, loop_load))
         node = await stack.enter_async_context(open_node(store, settings))
         stats["node"] = node.statistics
         jwt = await stack.enter_async_context(_open_jwt(settings, stats))
@@ -207,6 +211,7 @@ async def open_components(
                 settings.listen_read_tick_ms / 1000,
                 min_tick_s=min(settings.listen_read_min_tick_ms, settings.listen_read_tick_ms)
                 / 1000,
+                load=loop_load,
             )
         )
         if poller is not None:
@@ -241,14 +246,16 @@ class _Parts:
 
 
 @asynccontextmanager
-async def _open_store(settings: Settings, stats: Stats) -> AsyncIterator[Store]:
+async def _open_store(
+    settings: Settings, stats: Stats, loop_load: LoopLoad
+) -> AsyncIterator[Store]:
     lane = ThreadLane(
         "storage",
         settings.storage_threads,
         max_waiting=settings.storage_max_waiting,
         abandon_on_cancel=True,
     )
-    async with open_store(settings, lane=lane) as store:
+    async with open_store(settings, lane=lane, pressure=loop_load.pressure) as store:
         stats["storage"] = lane.statistics
         stats["store"] = store.statistics
         yield store

@@ -22,15 +22,15 @@ session's own work, against 28-35 µs when one task reads every ready socket per
   interval (tick / :func:`polls_per_tick`). The added latency is at most one tick, and only under load.
 
 The tick trades latency for CPU, so it **follows the load**: it is ``min_tick_s`` while the
-event loop's thread uses less than ``LOW_LOAD`` of a core, ``tick_s`` from ``HIGH_LOAD`` on,
-and in between in proportion (the load is the share of wall time that thread ran or waited
-for a CPU, see :class:`LoopLoad`). With headroom a frame is read within a few milliseconds (CPU is
-spent on latency); a busy process reads two 100 ms frames per wake-up at the default 200 ms,
-which at 800 sessions cost 19% less CPU than 100 ms with the same p99 (0.65 s against 0.60 s:
-less CPU, less queueing). A fixed 200 ms tick at 100-150 sessions put the p99 frame-to-segment
-at ~220 ms where it had been 18-30 ms. ``--listen-read-tick-ms 0`` keeps one wait per socket
-(no poller); equal minimum and maximum make the tick fixed. The server's defaults are 20 and
-200 ms.
+event loop's thread uses less than ``LOW_LOAD`` of a core, ``tick_s`` from ``HIGH_LOAD`` on, and
+in between in proportion (:mod:`server.loopload`: the load is the share of wall time that thread
+ran or waited for a CPU; the group commit's linger follows the same figure). With headroom a
+frame is read within a few milliseconds (CPU is spent on latency); a busy process reads two
+100 ms frames per wake-up at the default 200 ms, which at 800 sessions cost 19% less CPU than
+100 ms with the same p99 (0.65 s against 0.60 s: less CPU, less queueing). A fixed 200 ms tick
+at 100-150 sessions put the p99 frame-to-segment at ~220 ms where it had been 18-30 ms.
+``--listen-read-tick-ms 0`` keeps one wait per socket (no poller); equal minimum and maximum
+make the tick fixed. The server's defaults are 20 and 200 ms.
 
 Ownership: :func:`open_read_poller` owns the epoll and the poller task (cancelled and closed on
 exit; the composition root closes it after every session ended). A session registers its socket
@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import math
 import select
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -54,19 +53,16 @@ from typing import Final, final
 import outcome
 import trio
 
+from server.loopload import LoopLoad, pressure
+
 __all__ = [
-    "HIGH_LOAD",
-    "LOAD_WINDOW_S",
-    "LOW_LOAD",
     "MIN_POLL_INTERVAL_S",
     "SLOTS",
-    "LoopLoad",
     "ReadPoller",
     "ReadPollerStatistics",
     "open_read_poller",
     "poller_supported",
     "polls_per_tick",
-    "thread_busy_s",
     "tick_for",
 ]
 
@@ -75,17 +71,6 @@ SLOTS: Final = 10
 #: Polls are at least this far apart (real seconds): at most ``SLOTS`` polls per tick, fewer
 #: at a short tick, each then taking several slots' turns.
 MIN_POLL_INTERVAL_S: Final = 0.01
-
-#: Below this load (share of real time the event loop's thread ran or waited to run), the tick
-#: is its minimum.
-LOW_LOAD: Final = 0.3
-#: From this share on, the tick is its maximum (in between: in proportion).
-HIGH_LOAD: Final = 0.7
-#: The load is measured over windows of this many (real) seconds.
-LOAD_WINDOW_S: Final = 0.5
-
-#: Where Linux keeps a thread's run time and run-queue wait (ns), see :func:`thread_busy_s`.
-_SCHEDSTAT: Final = "/proc/thread-self/schedstat"
 
 #: Events asked for: data (and, always reported by epoll, hang-up and errors: EOF to read).
 _EVENTS: Final = select.EPOLLIN if hasattr(select, "EPOLLIN") else 0
@@ -96,60 +81,6 @@ def poller_supported() -> bool:
     return hasattr(select, "epoll")
 
 
-def thread_busy_s() -> float:
-    """Seconds the calling thread has run or waited to run (Linux: CPU time plus run-queue
-    wait, from ``/proc/thread-self/schedstat``; elsewhere CPU time only).
-
-    The wait matters: on a machine whose cores are all busy the event loop gets only part of
-    one, so its CPU share stays low while it falls behind (2026-12-02, P1M: two workers and
-    the load generator on 2 cores, each loop at ~0.6 of a core, ticks short, 600 sessions held
-    where a fixed 200 ms tick held 800). Reading the file is a procfs read (~11 µs), made once
-    per load window.
-    """
-    try:
-        with open(_SCHEDSTAT, "rb") as f:
-            run_ns, wait_ns = f.read().split()[:2]
-    except (OSError, ValueError):
-        return time.thread_time()
-    return (int(run_ns) + int(wait_ns)) / 1e9
-
-
-class LoopLoad:
-    """The event loop's load: the share of real time its thread ran or waited to run
-    (:func:`thread_busy_s`), per window of ``window_s``, averaged with the previous window's.
-    Call it from the event loop's thread (the poller does).
-
-    Calling it returns the current figure (0 until a window has passed); it reads the ``wall``
-    clock, and the ``busy`` one once per window (both replaceable for tests).
-    """
-
-    __slots__ = ("_busy", "_busy_at", "_load", "_since", "_wall", "_window_s")
-
-    def __init__(
-        self,
-        window_s: float = LOAD_WINDOW_S,
-        *,
-        wall: Callable[[], float] = time.monotonic,
-        busy: Callable[[], float] = thread_busy_s,
-    ) -> None:
-        self._window_s = window_s
-        self._wall, self._busy = wall, busy
-        self._since = wall()
-        self._busy_at = busy()
-        self._load = 0.0
-
-    def __call__(self) -> float:
-        now = self._wall()
-        if now - self._since >= self._window_s and now > self._since:
-            busy = self._busy()
-            # at most 1: the kernel brings schedstat up to date at scheduler ticks, so a window
-            # can read up to a tick more than it lasted
-            window = min(1.0, (busy - self._busy_at) / (now - self._since))
-            self._load = (self._load + window) / 2
-            self._since, self._busy_at = now, busy
-        return self._load
-
-
 def polls_per_tick(tick_s: float) -> int:
     """Polls in a tick of ``tick_s``: ``SLOTS``, or fewer so that they are at least
     ``MIN_POLL_INTERVAL_S`` apart (at least one)."""
@@ -157,9 +88,9 @@ def polls_per_tick(tick_s: float) -> int:
 
 
 def tick_for(load: float, min_tick_s: float, max_tick_s: float) -> float:
-    """The tick at ``load`` (see the module docstring)."""
-    share = min(1.0, max(0.0, (load - LOW_LOAD) / (HIGH_LOAD - LOW_LOAD)))
-    return min_tick_s + (max_tick_s - min_tick_s) * share
+    """The tick at ``load``: from ``min_tick_s`` to ``max_tick_s`` with the load's
+    :func:`~server.loopload.pressure`."""
+    return min_tick_s + (max_tick_s - min_tick_s) * pressure(load)
 
 
 @dataclass(frozen=True, slots=True)

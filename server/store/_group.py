@@ -12,10 +12,14 @@ How (no task of its own, so the store needs no nursery):
 - The first caller to find no batch in flight becomes the **leader**: after one checkpoint
   (so callers made runnable at the same moment join) it takes up to ``max_batch`` pending
   items and runs them. **Under load** (a batch started less than ``busy_window_s`` ago) it
-  first lingers ``linger_s`` instead, so the writes of that moment share the call: one
+  first lingers up to ``linger_s`` instead, so the writes of that moment share the call: one
   storage-lane call is a thread hop (~135 µs of CPU here, more than the write itself) and a
-  commit, and at a few hundred live sessions each final result is a write. Idle, a write
-  waits for nothing. Callers arriving meanwhile queue; when the batch ends the leader
+  commit, and at a thousand live sessions each final result is a write. How much of
+  ``linger_s`` follows ``pressure()`` (0-1; the server passes the event loop's
+  :meth:`~server.loopload.LoopLoad.pressure`): with CPU to spare a leader lingers not at all,
+  since the hops it would save cost less than the latency it adds (2026-12-02, 40 sessions:
+  p50/p99 frame-to-segment 8/14 ms without the linger, 29/36 ms with it; at 150 sessions
+  9/17 against 28/39 ms, CPU within the runs' noise). Idle, a write waits for nothing. Callers arriving meanwhile queue; when the batch ends the leader
   hands leadership to the oldest queued caller, whose batch then holds everything that queued.
   Under load the batch grows with the queue; idle, a write is one call, as before.
 - **Results** are per item: ``submit`` returns when its item is committed, or raises the
@@ -69,7 +73,7 @@ class GroupCommitStatistics:
         pending: items queued now (not yet in a batch).
         refused: submits refused because ``max_pending`` items were queued.
         withdrawn: queued items withdrawn by their cancelled caller.
-        lingered: batches whose leader waited ``linger_s`` for more items (under load).
+        lingered: batches whose leader waited for more items (under load, see ``pressure``).
     """
 
     batches: int
@@ -91,7 +95,16 @@ class _Slot(Generic[ItemT]):
 
 
 class GroupCommit(Generic[ItemT]):
-    """Coalesces concurrent :meth:`submit` calls into batched ``run_batch`` calls."""
+    """Coalesces concurrent :meth:`submit` calls into batched ``run_batch`` calls.
+
+    Args:
+        run_batch: runs items in one transaction (see :data:`BatchRunner`).
+        max_batch: the most items one call carries; ``max_pending``: the most queued items.
+        linger_s: the longest a leader waits for more items under load (0: never);
+            ``busy_window_s``: "under load" is a batch started less than this long ago.
+        pressure: called (in the event loop) when a leader would linger: the share of
+            ``linger_s`` to wait, 0-1. ``None``: always all of it (a fixed linger).
+    """
 
     def __init__(
         self,
@@ -101,6 +114,7 @@ class GroupCommit(Generic[ItemT]):
         max_pending: int = DEFAULT_MAX_PENDING,
         linger_s: float = DEFAULT_LINGER_S,
         busy_window_s: float = DEFAULT_BUSY_WINDOW_S,
+        pressure: Callable[[], float] | None = None,
     ) -> None:
         if max_batch < 1 or max_pending < 1:
             raise ValueError("max_batch and max_pending must be >= 1")
@@ -111,6 +125,7 @@ class GroupCommit(Generic[ItemT]):
         self._max_pending = max_pending
         self._linger_s = linger_s
         self._busy_window_s = busy_window_s
+        self._pressure = pressure
         self._last_batch_at = -math.inf
         self._pending: deque[_Slot[ItemT]] = deque()
         self._leading = False
@@ -163,12 +178,21 @@ class GroupCommit(Generic[ItemT]):
 
     async def _gather(self) -> None:
         """Let more items join: one checkpoint (callers woken together), or under load
-        ``linger_s`` (cancellable: the caller's item is then withdrawn)."""
-        if self._linger_s > 0 and trio.current_time() - self._last_batch_at < self._busy_window_s:
+        :meth:`_linger_now` (cancellable: the caller's item is then withdrawn)."""
+        linger_s = self._linger_now()
+        if linger_s > 0:
             self._lingered += 1
-            await trio.sleep(self._linger_s)
+            await trio.sleep(linger_s)
         else:
             await trio.lowlevel.checkpoint()
+
+    def _linger_now(self) -> float:
+        """``linger_s`` times the pressure if a batch started within ``busy_window_s``, else 0."""
+        if self._linger_s <= 0 or trio.current_time() - self._last_batch_at >= self._busy_window_s:
+            return 0.0
+        if self._pressure is None:
+            return self._linger_s
+        return self._linger_s * min(1.0, max(0.0, self._pressure()))
 
     async def _run_one_batch(self) -> None:  # noqa: ASYNC910 -- run_batch is the checkpoint
         self._last_batch_at = trio.current_time()

@@ -27,8 +27,10 @@ if TYPE_CHECKING:
 
 __all__ = ["StoreTarget", "open_store", "store_target"]
 
-#: ``(lane, threads) -> async context manager yielding the migrated store``.
-Opener = Callable[[ThreadLane | None, int], AbstractAsyncContextManager[Store]]
+#: ``(lane, threads, pressure) -> async context manager yielding the migrated store``.
+Opener = Callable[
+    [ThreadLane | None, int, Callable[[], float] | None], AbstractAsyncContextManager[Store]
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,8 +39,9 @@ class StoreTarget:
 
     Attributes:
         name: the SQLite file, or the PostgreSQL URL with its password masked (safe to print).
-        open: ``open(lane, threads)``: connect, migrate, yield the store, close on exit; the
-            lane stays the caller's (``None``: the store makes its own of ``threads``).
+        open: ``open(lane, threads, pressure)``: connect, migrate, yield the store, close on
+            exit; the lane stays the caller's (``None``: the store makes its own of
+            ``threads``); ``pressure`` as for :func:`open_store`.
         read_version: blocking (call it in a lane thread): the schema version, ``None`` when
             there is no database / no trioscribe schema yet. Creates and changes nothing.
     """
@@ -56,22 +59,28 @@ def store_target(settings: Settings) -> StoreTarget:
 
         return StoreTarget(
             name=postgres.redact_url(url),
-            open=lambda lane, threads: postgres.open_postgres_store(
-                url, lane=lane, threads=threads
+            open=lambda lane, threads, pressure: postgres.open_postgres_store(
+                url, lane=lane, threads=threads, pressure=pressure
             ),
             read_version=lambda: postgres.read_postgres_version(url),
         )
     path = settings.data_dir / DB_FILENAME
     return StoreTarget(
         name=str(path),
-        open=lambda lane, threads: open_sqlite_store(path, lane=lane, threads=threads),
+        open=lambda lane, threads, pressure: open_sqlite_store(
+            path, lane=lane, threads=threads, pressure=pressure
+        ),
         read_version=lambda: _read_sqlite_version(path),
     )
 
 
 @asynccontextmanager
 async def open_store(
-    settings: Settings, *, lane: ThreadLane | None = None, threads: int = 1
+    settings: Settings,
+    *,
+    lane: ThreadLane | None = None,
+    threads: int = 1,
+    pressure: Callable[[], float] | None = None,
 ) -> AsyncIterator[Store]:
     """Open (and migrate) the store ``settings`` name; close it on exit.
 
@@ -80,10 +89,13 @@ async def open_store(
         lane: the storage lane every call goes through (stays the caller's); ``None``: the
             store makes and closes its own lane of ``threads`` threads.
         threads: the size of the store's own lane when ``lane`` is ``None``.
+        pressure: the event loop's pressure, 0-1 (the server's
+            :meth:`~server.loopload.LoopLoad.pressure`): how much of its linger the group
+            commit of segment writes waits under load. ``None``: all of it.
 
     Cancellation: as the backend's opener (the store closes under a shielded, bounded scope).
     """
-    async with store_target(settings).open(lane, threads) as store:
+    async with store_target(settings).open(lane, threads, pressure) as store:
         yield store
 
 

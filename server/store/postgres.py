@@ -13,7 +13,7 @@ state change is a conditional update inside one transaction.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Final
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -91,7 +91,11 @@ def _prepare(pool: PgPool) -> int:
 
 @asynccontextmanager
 async def open_postgres_store(
-    url: str, *, lane: ThreadLane | None = None, threads: int = 4
+    url: str,
+    *,
+    lane: ThreadLane | None = None,
+    threads: int = 4,
+    pressure: Callable[[], float] | None = None,
 ) -> AsyncIterator[SqliteStore]:
     """Connect to ``url``, migrate the schema, yield the store; close the pool on exit.
 
@@ -100,6 +104,7 @@ async def open_postgres_store(
         lane: the storage lane every call goes through (stays the caller's); ``None``: the
             store makes and closes its own lane of ``threads`` threads.
         threads: the size of the store's own lane when ``lane`` is ``None``.
+        pressure: as for :func:`~server.store.sqlite.open_sqlite_store`.
 
     Raises:
         StoreUnavailableError: the database cannot be reached within ``CONNECT_TIMEOUT_S``.
@@ -113,5 +118,6 @@ async def open_postgres_store(
         redact_url(url),
         lane=lane,
         threads=threads,
+        pressure=pressure,
     ) as store:
         yield store

@@ -79,12 +79,19 @@ class SqliteStore:
 
     The :class:`~server.store.protocol.Store` on SQLite; made by :func:`open_sqlite_store`."""
 
-    def __init__(self, lane: ThreadLane, pool: ConnectionPool | PgPool) -> None:
+    def __init__(
+        self,
+        lane: ThreadLane,
+        pool: ConnectionPool | PgPool,
+        *,
+        pressure: Callable[[], float] | None = None,
+    ) -> None:
         self._lane = lane
         self._pool = pool
         self._calls = 0
         self._failed = 0
-        self._segment_writes = GroupCommit(self._save_segments_batch)
+        # segment writes share storage calls; under pressure a batch lingers for more
+        self._segment_writes = GroupCommit(self._save_segments_batch, pressure=pressure)
 
     async def _run(self, fn: Callable[[DbConnection, Unpack[ArgsT]], RetT], *args: *ArgsT) -> RetT:
         self._calls += 1
@@ -399,7 +406,11 @@ def _prepare(path: Path, pool: ConnectionPool) -> int:
 
 @asynccontextmanager
 async def open_sqlite_store(
-    path: Path, *, lane: ThreadLane | None = None, threads: int = 4
+    path: Path,
+    *,
+    lane: ThreadLane | None = None,
+    threads: int = 4,
+    pressure: Callable[[], float] | None = None,
 ) -> AsyncIterator[SqliteStore]:
     """Open (creating if needed) and migrate the database at ``path``; close it on exit.
 
@@ -409,6 +420,8 @@ async def open_sqlite_store(
             closed here). ``None``: the store makes its own lane of ``threads`` threads
             (``DEFAULT_MAX_WAITING`` waiters) and closes it on exit.
         threads: the size of the store's own lane when ``lane`` is ``None``.
+        pressure: how much of its linger a group commit of segment writes waits, 0-1 (see
+            :class:`~server.store._group.GroupCommit`); ``None``: all of it.
 
     Raises:
         SchemaTooNewError: the database was written by a newer server (its schema is not changed).
@@ -420,6 +433,7 @@ async def open_sqlite_store(
         str(path),
         lane=lane,
         threads=threads,
+        pressure=pressure,
     ) as store:
         yield store
 
@@ -432,6 +446,7 @@ async def serving_store(
     *,
     lane: ThreadLane | None,
     threads: int,
+    pressure: Callable[[], float] | None = None,
 ) -> AsyncIterator[SqliteStore]:
     """The lifecycle both backends share: make the pool for the lane, ``prepare`` it in a lane
     thread (connect, migrate; returns the schema version), yield the store; on exit close the
@@ -442,6 +457,7 @@ async def serving_store(
         where: what the log line names (a path, a redacted URL).
         lane: the caller's storage lane (not closed here), or ``None``: a lane of ``threads``
             threads (``DEFAULT_MAX_WAITING`` waiters) owned and closed by the store.
+        pressure: passed to the store (see :func:`open_sqlite_store`).
     """
     own_lane = lane is None
     lane = lane or ThreadLane("storage", threads, max_waiting=DEFAULT_MAX_WAITING)
@@ -449,7 +465,7 @@ async def serving_store(
     try:
         version = await lane.run_sync(prepare, pool)
         LOGGER.info("store open: %s (schema version %d)", where, version)
-        yield SqliteStore(lane, pool)
+        yield SqliteStore(lane, pool, pressure=pressure)
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_BUDGET_S) as budget:
             await _close(lane, pool, own_lane)

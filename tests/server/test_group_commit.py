@@ -5,6 +5,7 @@ from __future__ import annotations
 import pathlib
 from collections.abc import Sequence
 
+import pytest
 import trio
 import trio.testing
 
@@ -92,6 +93,46 @@ async def test_under_load_a_leader_lingers_so_writes_spread_in_time_share_a_call
     await group.submit("late")
     assert trio.current_time() - before <= 0.001 + 1e-9
 
+
+
+async def test_the_linger_follows_the_pressure(autojump_clock: trio.testing.MockClock) -> None:
+    """The same writes 5 ms apart: with no pressure (CPU to spare) no leader lingers, each
+    write waits only for the batch in flight; at half pressure a leader waits half the linger."""
+    pressure = {"now": 0.0}
+
+    async def run(share: float) -> tuple[GroupCommit[str], Runner, dict[str, float]]:
+        pressure["now"] = share
+        runner = Runner(delay_s=0.001)
+        group = GroupCommit(
+            runner, linger_s=0.02, busy_window_s=0.1, pressure=lambda: pressure["now"]
+        )
+        waited: dict[str, float] = {}
+
+        async def one(item: str, at: float) -> None:
+            await trio.sleep(at)
+            before = trio.current_time()
+            await group.submit(item)
+            waited[item] = trio.current_time() - before
+
+        async with trio.open_nursery() as nursery:
+            for i in range(40):
+                nursery.start_soon(one, f"w{i}", i * 0.005)
+        return group, runner, waited
+
+    group, runner, waited = await run(0.0)
+    assert group.statistics().lingered == 0
+    assert len(runner.batches) == 40  # the writes never overlapped: one call each
+    assert max(waited.values()) <= 0.001 + 1e-9
+    group, runner, waited = await run(0.5)
+    assert group.statistics().lingered == len(runner.batches) - 1
+    # at most: the call in flight, half the linger, its own call
+    assert 0.01 < max(waited.values()) <= 0.001 + 0.01 + 0.001 + 1e-9
+    assert len(runner.batches) <= 20
+    pressure["now"] = 7.0  # out of range: clamped to the whole linger
+    await trio.sleep(0.05)
+    before = trio.current_time()
+    await group.submit("again")
+    assert trio.current_time() - before == pytest.approx(0.02 + 0.001)
 
 async def test_batches_are_capped_and_a_bad_item_fails_alone(
     autojump_clock: trio.testing.MockClock,

@@ -19,18 +19,15 @@ import wsproto.events as ws_events
 from server.guard import GuardedStream
 from server.listen.fastws import FastWebSocket, serve_websocket
 from server.listen.poller import (
-    HIGH_LOAD,
-    LOW_LOAD,
     MIN_POLL_INTERVAL_S,
     SLOTS,
-    LoopLoad,
     ReadPoller,
     open_read_poller,
     polls_per_tick,
-    thread_busy_s,
     tick_for,
 )
 from server.listen.wire import ClientGone
+from server.loopload import HIGH_LOAD, LOW_LOAD
 from tests.server.test_fastws import LISTEN
 
 TICK_S = 0.05
@@ -141,29 +138,6 @@ def test_the_tick_follows_the_load_between_its_bounds() -> None:
     for bad in ({"min_tick_s": 0.0}, {"min_tick_s": 0.3}):
         with pytest.raises(ValueError):
             ReadPoller(0.2, **bad)
-
-
-def test_loop_load_is_the_threads_cpu_share_per_window() -> None:
-    clocks = {"wall": 0.0, "cpu": 0.0}
-    load = LoopLoad(0.5, wall=lambda: clocks["wall"], busy=lambda: clocks["cpu"])
-
-    def spend(wall_s: float, cpu_s: float) -> float:
-        clocks["wall"] += wall_s
-        clocks["cpu"] += cpu_s
-        return load()
-
-    assert spend(0.4, 0.4) == 0.0  # no window has passed
-    assert spend(0.1, 0.1) == pytest.approx(0.5)  # busy window (1.0), averaged with 0
-    assert spend(0.5, 0.0) == pytest.approx(0.25)  # an idle one halves it
-    assert spend(1.0, 0.8) == pytest.approx(0.525)
-    real = LoopLoad(0.0)  # the default clocks: this thread's run and wait, at most real time
-    before = thread_busy_s()
-    spins = 0
-    while thread_busy_s() == before and spins < 10_000:  # the kernel updates it per tick
-        sum(range(1000))
-        spins += 1
-    assert thread_busy_s() > before
-    assert 0.0 <= real() <= 1.0
 
 
 async def test_busy_sockets_are_read_sooner_with_headroom(
