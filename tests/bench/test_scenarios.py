@@ -170,7 +170,9 @@ async def test_p1m_runs_both_servers_with_two_workers(tmp_path: Path) -> None:
         assert not out[name]["server_processes_changed"]
     trio_step, base_step = out["trioscribe"]["runs"][0]["step"], out["baseline"]["runs"][0]["step"]
     assert trio_step["commits_per_s"] > 0 and trio_step["rows_written_per_s"] > 0
-    assert trio_step["pg_cores"] > 0
+    # measured (PostgreSQL's processes found), but 4 sessions for 2 s may cost it less than
+    # one clock tick (10 ms) of CPU: 0 is a true reading here (it failed 1 run in 3)
+    assert trio_step["pg_cores"] is not None and trio_step["pg_cores"] >= 0
     assert base_step["commits_per_s"] is None and base_step["pg_cores"] is None
     assert out["postgres"]["fsync"] == "on"
     (tmp_path / "P1M.json").write_text(json.dumps(out))
