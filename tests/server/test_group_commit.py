@@ -94,7 +94,6 @@ async def test_under_load_a_leader_lingers_so_writes_spread_in_time_share_a_call
     assert trio.current_time() - before <= 0.001 + 1e-9
 
 
-
 async def test_the_linger_follows_the_pressure(autojump_clock: trio.testing.MockClock) -> None:
     """The same writes 5 ms apart: with no pressure (CPU to spare) no leader lingers, each
     write waits only for the batch in flight; at half pressure a leader waits half the linger."""
@@ -133,6 +132,7 @@ async def test_the_linger_follows_the_pressure(autojump_clock: trio.testing.Mock
     before = trio.current_time()
     await group.submit("again")
     assert trio.current_time() - before == pytest.approx(0.02 + 0.001)
+
 
 async def test_batches_are_capped_and_a_bad_item_fails_alone(
     autojump_clock: trio.testing.MockClock,
