@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import base64
 import os
+import random
 import socket
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 import httpx
 import pytest
 import trio
 import wsproto
 import wsproto.events as ws_events
+from websockets.server import ServerProtocol
+from websockets.utils import apply_mask
 
 from server.guard import GuardedStream
 from server.listen.fastws import FastWebSocket, serve_websocket
@@ -367,3 +371,147 @@ async def test_receive_nowait_takes_what_the_kernel_holds_once() -> None:
     await _serve_with_client(stream, client, app, client_side)
     assert got == [*frames(pcm(0.3)), b"late"]
     await client.aclose()
+
+
+# -- the framing: the fast path against websockets' own parser ---------------------------------
+
+_MAX = 65536
+
+
+def _raw_frame(
+    rng: random.Random,
+    opcode: int,
+    payload: bytes,
+    *,
+    fin: bool = True,
+    masked: bool = True,
+    rsv: int = 0,
+) -> bytes:
+    """One client frame, built by hand (to send what client libraries never do)."""
+    first = (0x80 if fin else 0) | rsv << 4 | opcode
+    mask_bit, n = (0x80 if masked else 0), len(payload)
+    if n < 126:
+        head = bytes([first, mask_bit | n])
+    elif n < 65536:
+        head = bytes([first, mask_bit | 126]) + n.to_bytes(2)
+    else:
+        head = bytes([first, mask_bit | 127]) + n.to_bytes(8)
+    if not masked:
+        return head + payload
+    key = rng.randbytes(4)
+    return head + key + apply_mask(payload, key)
+
+
+def _random_stream(rng: random.Random) -> bytes:
+    """Frames a client may send (audio, text, fragments with control frames between them,
+    the 126/127 length encodings), then perhaps something that ends the connection, then
+    more frames (which must be discarded alike)."""
+    out: list[bytes] = []
+    for _ in range(rng.randint(1, 12)):
+        kind = rng.choice(["audio", "audio", "audio", "small", "text", "ping", "pong",
+                           "fragments", "big", "empty"])  # fmt: skip
+        if kind == "audio":
+            out.append(_raw_frame(rng, 2, rng.randbytes(3200)))
+        elif kind == "small":
+            out.append(_raw_frame(rng, 2, rng.randbytes(rng.randint(1, 300))))
+        elif kind == "empty":
+            out.append(_raw_frame(rng, 2, b""))
+        elif kind == "text":
+            out.append(_raw_frame(rng, 1, '{"type": "ping", "é": 1}'.encode()))
+        elif kind in ("ping", "pong"):
+            out.append(_raw_frame(rng, 9 if kind == "ping" else 10, rng.randbytes(5)))
+        elif kind == "big":
+            out.append(_raw_frame(rng, 2, rng.randbytes(rng.choice([125, 126, 65535, _MAX]))))
+        else:
+            opcode = rng.choice([1, 2])
+            parts = [b"ab", b"cd", b"ef"] if opcode == 1 else [rng.randbytes(700) for _ in "abc"]
+            for i, part in enumerate(parts):
+                if i and rng.random() < 0.5:
+                    out.append(_raw_frame(rng, 9, b"mid"))
+                out.append(_raw_frame(rng, opcode if i == 0 else 0, part, fin=i == len(parts) - 1))
+    ending = rng.choice([None, "close", "unmasked", "rsv", "opcode", "oversized",
+                         "stray-continuation", "binary-in-fragments", "bad-utf8"])  # fmt: skip
+    if ending == "close":
+        out.append(_raw_frame(rng, 8, (1000).to_bytes(2) + b"bye"))
+    elif ending == "unmasked":
+        out.append(_raw_frame(rng, 2, b"audio", masked=False))
+    elif ending == "rsv":
+        out.append(_raw_frame(rng, 2, b"audio", rsv=4))
+    elif ending == "opcode":
+        out.append(_raw_frame(rng, 3, b"audio"))
+    elif ending == "oversized":
+        out.append(_raw_frame(rng, 2, bytes(_MAX + 1)))
+    elif ending == "stray-continuation":
+        out.append(_raw_frame(rng, 0, b"audio"))
+    elif ending == "binary-in-fragments":
+        out += [_raw_frame(rng, 2, b"a", fin=False), _raw_frame(rng, 2, b"b")]
+    elif ending == "bad-utf8":
+        out.append(_raw_frame(rng, 1, b"\xff"))
+    if ending:
+        out.append(_raw_frame(rng, 2, rng.randbytes(3200)))  # after the end: discarded
+    return b"".join(out)
+
+
+def _chunks(rng: random.Random, data: bytes) -> list[bytes]:
+    """``data`` cut as reads may return it: single bytes, small and large pieces."""
+    out, pos = [], 0
+    while pos < len(data):
+        step = rng.choice([1, 2, 3, 7, 100, 3000, 3214, 9000, 70_000])
+        out.append(data[pos : pos + step])
+        pos += step
+    return out
+
+
+class _NoReads:
+    """The stream of a :class:`FastWebSocket` fed by hand: there is never more to read."""
+
+    def receive_nowait(self, max_bytes: int) -> bytes:
+        raise trio.WouldBlock
+
+
+def _fed(chunks: list[bytes], *, websockets_only: bool) -> tuple[list[object], bytes]:
+    """Feed ``chunks`` (then EOF) to an open :class:`FastWebSocket`; return its messages
+    (``None`` once it closed) and what the protocol answered (pongs, the close frame)."""
+    protocol = ServerProtocol(max_size=_MAX)
+    client = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+    protocol.receive_data(client.send(ws_events.Request(host="t", target=LISTEN)))
+    response = protocol.accept(protocol.events_received()[0])  # type: ignore[arg-type]
+    protocol.send_response(response)
+    protocol.data_to_send()
+    ws = FastWebSocket(
+        {}, cast(GuardedStream, _NoReads()), protocol, response, max_message_bytes=_MAX
+    )
+    ws._handed_over = websockets_only  # the reference: every byte through websockets
+    messages: list[object] = []
+    for chunk in [*chunks, b""]:
+        ws._feed(chunk)
+        while True:
+            try:
+                message = ws.receive_nowait()
+            except trio.WouldBlock:
+                break
+            messages.append(message)
+            if message is None:
+                return messages, b"".join(protocol.data_to_send())
+    return messages, b"".join(protocol.data_to_send())
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_fast_framing_gives_what_websockets_gives(seed: int) -> None:
+    """Random client streams, cut at random points: the same messages, the same pongs and
+    the same close frame (code and reason) as ``websockets`` parsing every byte itself."""
+    rng = random.Random(seed)
+    for _ in range(10):
+        data = _random_stream(rng)
+        chunks = _chunks(rng, data)
+        assert _fed(chunks, websockets_only=False) == _fed(chunks, websockets_only=True)
+
+
+def test_audio_frames_cut_anywhere_are_whole_messages() -> None:
+    """Every cut point of two audio frames (the 2-byte header, the mask, the payload)."""
+    rng = random.Random(7)
+    audio = [rng.randbytes(3200), rng.randbytes(3200)]
+    data = b"".join(_raw_frame(rng, 2, a) for a in audio)
+    for cut in range(1, len(data)):
+        messages, _ = _fed([data[:cut], data[cut:]], websockets_only=False)
+        assert messages[:2] == audio
