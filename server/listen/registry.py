@@ -50,8 +50,9 @@ class LiveSession(Protocol):
         """Ask the session to end its conversation now; the event is set once it is closed."""
         ...
 
-    def counters(self) -> dict[str, int]:
-        """Cumulative per-session counters (frames, bad frames, VAD bytes, ...)."""
+    def counter_values(self) -> tuple[int, ...]:
+        """Cumulative per-session counters (frames, bad frames, VAD bytes, ...), one per name
+        of ``SESSION_COUNTERS``, in that order."""
         ...
 
 
@@ -109,7 +110,9 @@ class SessionRegistry:
         """Forget ``session`` (idempotent)."""
         if self._sessions.pop(session.session_id, None) is None:
             return
-        self._ended_totals.update(session.counters())
+        self._ended_totals.update(
+            dict(zip(SESSION_COUNTERS, session.counter_values(), strict=True))
+        )
         mine = self._by_user.get(session.user_id)
         if mine is not None:
             mine.discard(session.session_id)
@@ -146,8 +149,14 @@ class SessionRegistry:
     def statistics(self) -> SessionRegistryStatistics:
         """A snapshot of the counters (totals cover ended and live sessions)."""
         totals = Counter(self._ended_totals)
-        for session in self._sessions.values():
-            totals.update(session.counters())
+        # column sums over every live session, in C: a scrape used to build and merge a dict
+        # per session (py-spy, 1,000 sessions scraped once a second: 1.2% of the server's CPU,
+        # ~10 ms of the event loop per scrape; the sums take ~0.8 ms)
+        rows = [session.counter_values() for session in self._sessions.values()]
+        if rows:
+            totals.update(
+                dict(zip(SESSION_COUNTERS, map(sum, zip(*rows, strict=True)), strict=True))
+            )
         audio = totals["vad_forwarded_bytes"] + totals["vad_skipped_bytes"]
         return SessionRegistryStatistics(
             live=len(self._sessions),

@@ -41,6 +41,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import operator
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -98,6 +99,12 @@ SESSION_COUNTERS: Final = (
     "persisted_segments",
     "persist_failures",
 )
+#: Where each of ``SESSION_COUNTERS`` lives on a session, read in one C call.
+_COUNTER_VALUES: Final = operator.attrgetter(
+    "frames", "bytes_in", "keepalives", "bad_frames", "segments_sent", "dropped_events",
+    "ignored_text", "suggested_segments", "tail_frames", "_gate.forwarded_bytes",
+    "_gate.skipped_bytes", "tracker.persisted_segments", "tracker.persist_failures",
+)  # fmt: skip
 #: Frame arrival times kept to measure latencies (about a minute of 100 ms frames).
 ARRIVALS_KEPT: Final = 600
 MAX_TEXT_CHARS: Final = 64 * 1024
@@ -230,23 +237,14 @@ class ListenSession:
     # -- the registry's view ---------------------------------------------------------------
 
     def counters(self) -> dict[str, int]:
-        """Cumulative counters of this session (summed server-wide by the registry)."""
-        gate = self._gate.statistics()
-        return {
-            "frames": self.frames,
-            "bytes_in": self.bytes_in,
-            "keepalives": self.keepalives,
-            "bad_frames": self.bad_frames,
-            "segments_sent": self.segments_sent,
-            "dropped_events": self.dropped_events,
-            "ignored_text": self.ignored_text,
-            "suggested_segments": self.suggested_segments,
-            "tail_frames": self.tail_frames,
-            "vad_forwarded_bytes": gate.forwarded_bytes,
-            "vad_skipped_bytes": gate.skipped_bytes,
-            "persisted_segments": self.tracker.persisted_segments,
-            "persist_failures": self.tracker.persist_failures,
-        }
+        """Cumulative counters of this session, named as ``SESSION_COUNTERS``."""
+        return dict(zip(SESSION_COUNTERS, self.counter_values(), strict=True))
+
+    def counter_values(self) -> tuple[int, ...]:
+        """:meth:`counters`' values, in ``SESSION_COUNTERS`` order (what the registry sums:
+        a scrape of ``/v1/stats`` or ``/metrics`` reads every live session)."""
+        values: tuple[int, ...] = _COUNTER_VALUES(self)
+        return values
 
     @property
     def conversation_id(self) -> str | None:

@@ -279,12 +279,21 @@ class VadGate:
             out += frame
         self._gated_samples += self._frame_samples
 
+    @property
+    def forwarded_bytes(self) -> int:
+        """Audio bytes passed on to STT (in ``shadow``: what ``active`` would pass)."""
+        if self.mode == "off":
+            return self._passed_bytes
+        return self._gated_samples * BYTES_PER_SAMPLE
+
+    @property
+    def skipped_bytes(self) -> int:
+        """Audio bytes held back as silence (in ``shadow``: what ``active`` would hold)."""
+        return self._skipped_bytes
+
     def statistics(self) -> VadStatistics:
         """Counters of this gate (in ``shadow``, forwarded/skipped are what ``active`` would do)."""
-        if self.mode == "off":
-            forwarded = self._passed_bytes
-        else:
-            forwarded = self._gated_samples * BYTES_PER_SAMPLE
+        forwarded = self.forwarded_bytes
         total = forwarded + self._skipped_bytes
         return VadStatistics(
             mode=self.mode,
