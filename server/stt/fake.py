@@ -66,9 +66,10 @@ def fake_result(index: int, chunk: bytes, start_s: float, bytes_per_s: int) -> S
     """The final result for ``chunk`` starting at ``start_s`` stream seconds."""
     end_s = start_s + len(chunk) / bytes_per_s
     mid_s = (start_s + end_s) / 2
-    label, crc = fake_text(index, chunk).split(" ")
+    text = fake_text(index, chunk)  # one CRC of the chunk (~8 µs per second of audio)
+    label, crc = text.split(" ")
     words = (Word(label, start_s, mid_s, 1.0), Word(crc, mid_s, end_s, 1.0))
-    return SttResult(fake_text(index, chunk), start_s, end_s, True, words, provider=PROVIDER_NAME)
+    return SttResult(text, start_s, end_s, True, words, provider=PROVIDER_NAME)
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,29 +186,27 @@ class FakeStream:
             await trio.lowlevel.checkpoint()
             return
         view = memoryview(pcm16)
+        pending, chunk_bytes = self._pending, self._chunk_bytes
         while view:
-            room = self._chunk_bytes - len(self._pending)
-            self._pending += view[:room]
+            room = chunk_bytes - len(pending)
+            pending += view[:room]
             view = view[room:]
-            await self._after_audio()
+            if len(pending) >= chunk_bytes:
+                await self._emit_final()
+            elif self._interim and not self._interim_sent and len(pending) * 2 >= chunk_bytes:
+                await self._emit_interim()
         # A cancellation point only, as a remote provider's buffered send would be: the
         # session's receive loop has just yielded to read this frame (a full schedule point
         # here was a second trip through Trio's scheduler per frame).
         await trio.lowlevel.checkpoint_if_cancelled()
 
-    async def _after_audio(self) -> None:  # noqa: ASYNC910 -- send_audio checkpoints
-        if len(self._pending) >= self._chunk_bytes:
-            await self._emit_final()
-        elif self._interim and not self._interim_sent and self._past_half():
-            self._interim_sent = True
-            self._counters.interims += 1
-            start_s = self._start_bytes / self._bytes_per_s
-            end_s = start_s + len(self._pending) / self._bytes_per_s
-            text = f"seg{self._index} ..."
-            await self._send.send(SttResult(text, start_s, end_s, False, provider=PROVIDER_NAME))
-
-    def _past_half(self) -> bool:
-        return len(self._pending) * 2 >= self._chunk_bytes
+    async def _emit_interim(self) -> None:
+        self._interim_sent = True
+        self._counters.interims += 1
+        start_s = self._start_bytes / self._bytes_per_s
+        end_s = start_s + len(self._pending) / self._bytes_per_s
+        text = f"seg{self._index} ..."
+        await self._send.send(SttResult(text, start_s, end_s, False, provider=PROVIDER_NAME))
 
     async def _emit_final(self) -> None:
         chunk = bytes(self._pending)
