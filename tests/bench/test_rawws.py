@@ -43,3 +43,13 @@ async def test_reads_server_frames_answers_pings_and_reports_the_close_code() ->
         server.receive_data(await server_stream.receive_some(65536))
         kinds = [type(e).__name__ for e in server.events()]
     assert kinds[0] == "Pong" and "CloseConnection" in kinds
+
+
+def test_the_framing_bench_takes_every_frame_both_ways() -> None:
+    """``python -m bench.framing`` runs (it raises if a path lost a frame) and reports both."""
+    from bench import framing
+
+    out = framing.main()
+    assert out["frames"] == framing.FRAMES
+    assert out["fast_us_min"] > 0 and out["websockets_us_min"] > 0
+    assert out["ratio_median"] > 0
