@@ -136,7 +136,7 @@ class Settings:
         choices=LISTEN_TRANSPORTS,
     )
     listen_read_tick_ms: int = _setting(
-        200,
+        300,
         "fast transport: under load, sessions' reads are woken in batches at most this often "
         "(0: each waits on its own socket); adds at most this to a segment's delivery",
     )

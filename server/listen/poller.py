@@ -12,7 +12,7 @@ session's own work, against 28-35 µs when one task reads every ready socket per
   that was busy is reported again at the next poll (level-triggered: nothing is missed);
 - each socket has a **slot** (registrations go round-robin over ``SLOTS``), and the polls take
   turns: a ready socket is woken at its slot's turn, once per tick, so each poll wakes only its
-  slots' share of the sessions (a tenth at 200 ms). Waking all of them at once made each Trio
+  slots' share of the sessions (a tenth at 300 ms). Waking all of them at once made each Trio
   scheduling round as long as every session's work (P2's loop lag p99 went from 4 ms to
   27-80 ms). Polls are at least ``MIN_POLL_INTERVAL_S`` apart, so at a short tick one poll
   takes several slots' turns (at 20 ms: 2 polls of 5 slots). A poll costs a sleep, a wait on the epoll and a pass over every
@@ -25,12 +25,15 @@ The tick trades latency for CPU, so it **follows the load**: it is ``min_tick_s`
 event loop's thread uses less than ``LOW_LOAD`` of a core, ``tick_s`` from ``HIGH_LOAD`` on, and
 in between in proportion (:mod:`server.loopload`: the load is the share of wall time that thread
 ran or waited for a CPU; the group commit's linger follows the same figure). With headroom a
-frame is read within a few milliseconds (CPU is spent on latency); a busy process reads two
-100 ms frames per wake-up at the default 200 ms, which at 800 sessions cost 19% less CPU than
-100 ms with the same p99 (0.65 s against 0.60 s: less CPU, less queueing). A fixed 200 ms tick
-at 100-150 sessions put the p99 frame-to-segment at ~220 ms where it had been 18-30 ms.
-``--listen-read-tick-ms 0`` keeps one wait per socket (no poller); equal minimum and maximum
-make the tick fixed. The server's defaults are 20 and 200 ms.
+frame is read within a few milliseconds (CPU is spent on latency); a busy process reads three
+100 ms frames per wake-up at the default 300 ms. Past the point where the CPU is short, fewer
+wake-ups mean less queueing, so a longer tick *lowers* the tail: 200 ms at 800 sessions cost 19%
+less CPU than 100 ms with the same p99 (0.65 s against 0.60 s); 300 ms at 1,200 sessions cost
+13% less than 200 ms (0.82 against 0.95 ms per session-second) with p99 0.40-0.49 s against
+0.44-1.02 s, and held 1,400 at 0.44-0.53 s (400 ms: no better). A fixed 200 ms tick at 100-150
+sessions put the p99 frame-to-segment at ~220 ms where it had been 18-30 ms: the tick is the
+maximum only from ``HIGH_LOAD`` on. ``--listen-read-tick-ms 0`` keeps one wait per socket (no
+poller); equal minimum and maximum make the tick fixed. The server's defaults are 20 and 300 ms.
 
 Ownership: :func:`open_read_poller` owns the epoll and the poller task (cancelled and closed on
 exit; the composition root closes it after every session ended). A session registers its socket
