@@ -19,6 +19,12 @@ returned by :meth:`~FastWebSocket.receive_nowait`) costs 2.0-2.6 µs this way ag
 through ``websockets``' generator-based parser (``python -m bench.framing``, 2026-12-02): at 10
 frames per session-second, ~3% of a session's CPU.
 
+:func:`serve_websocket` is what :func:`server.guard.serve_guarded` calls (through
+``ListenHandler.serve_upgrade``) when a connection's first request line is
+``GET <listen path>``: if the head is a WebSocket upgrade, it answers the handshake (400 with a
+JSON error if invalid, as hypercorn refuses it) and runs the listen handler on a
+:class:`FastWebSocket`; anything else goes back to hypercorn unchanged.
+
 :class:`FastWebSocket` has :class:`~server.listen.wire.AsgiWebSocket`'s interface (the one
 listen handler drives both):
 

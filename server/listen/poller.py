@@ -15,11 +15,13 @@ session's own work, against 28-35 µs when one task reads every ready socket per
   slots' share of the sessions (a tenth at 300 ms). Waking all of them at once made each Trio
   scheduling round as long as every session's work (P2's loop lag p99 went from 4 ms to
   27-80 ms). Polls are at least ``MIN_POLL_INTERVAL_S`` apart, so at a short tick one poll
-  takes several slots' turns (at 20 ms: 2 polls of 5 slots). A poll costs a sleep, a wait on the epoll and a pass over every
-  ready socket; 10 polls per 20 ms tick were ~5% of the server's CPU at 150 sessions;
+  takes several slots' turns (at 20 ms: 2 polls of 5 slots). A poll costs a sleep, a wait on
+  the epoll and a pass over every ready socket; 10 polls per 20 ms tick were ~5% of the
+  server's CPU at 150 sessions;
 - a socket not woken for a whole tick (a quiet session, or an idle process) is woken at the
   next poll, whatever its slot: the first frame after a quiet spell waits at most one poll
-  interval (tick / :func:`polls_per_tick`). The added latency is at most one tick, and only under load.
+  interval (tick / :func:`polls_per_tick`). The added latency is at most one tick, and only
+  under load.
 
 The tick trades latency for CPU, so it **follows the load**: it is ``min_tick_s`` while the
 event loop's thread uses less than ``LOW_LOAD`` of a core, ``tick_s`` from ``HIGH_LOAD`` on, and

@@ -19,8 +19,9 @@ How (no task of its own, so the store needs no nursery):
   :meth:`~server.loopload.LoopLoad.pressure`): with CPU to spare a leader lingers not at all,
   since the hops it would save cost less than the latency it adds (2026-12-02, 40 sessions:
   p50/p99 frame-to-segment 8/14 ms without the linger, 29/36 ms with it; at 150 sessions
-  9/17 against 28/39 ms, CPU within the runs' noise). Idle, a write waits for nothing. Callers arriving meanwhile queue; when the batch ends the leader
-  hands leadership to the oldest queued caller, whose batch then holds everything that queued.
+  9/17 against 28/39 ms, CPU within the runs' noise). Idle, a write waits for nothing.
+  Callers arriving meanwhile queue; when the batch ends the leader hands leadership to the
+  oldest queued caller, whose batch then holds everything that queued.
   Under load the batch grows with the queue; idle, a write is one call, as before.
 - **Results** are per item: ``submit`` returns when its item is committed, or raises the
   exception of its own item (or of the whole batch call, e.g. ``LaneFullError``).
