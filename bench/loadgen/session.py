@@ -46,6 +46,9 @@ class SessionRecord:
     closing: bool = False
     expected: dict[int, str] = field(default_factory=dict)
     last_frame_at: dict[int, float] = field(default_factory=dict)
+    #: the second whose last frame is being written (its answer may be read before the
+    #: sender resumes and records ``last_frame_at``)
+    writing_last_of: int = -1
     first_seen: dict[int, float] = field(default_factory=dict)
     max_seen: int = -1
     reordered: int = 0
@@ -61,14 +64,22 @@ class SessionRecord:
         return self.sending_done and all(k in self.first_seen for k in self.last_frame_at)
 
     def see(self, index: int, crc: str, now: float) -> None:
-        """Record one ``seg{index} {crc}`` token."""
+        """Record one ``seg{index} {crc}`` token.
+
+        A token for a second this session has not finished sending is not its result: it is
+        counted as *unexpected* and does not mark the second seen. (A session that resumes its
+        user's in-progress conversation gets segments whose merged text carries an earlier
+        session's tokens: counted as results, they made latencies negative and would have
+        hidden a loss.)
+        """
         if index in self.first_seen:
+            return
+        if index not in self.last_frame_at and index != self.writing_last_of:
+            self.unexpected += 1
             return
         self.first_seen[index] = now
         want = self.expected.get(index)
-        if want is None:
-            self.unexpected += 1
-        elif want != f"seg{index} {crc}":
+        if want != f"seg{index} {crc}":
             self.mismatched += 1
         if index < self.max_seen:
             self.reordered += 1
@@ -138,6 +149,8 @@ async def _send_audio(
             lag = sent_at - due
             rec.send_lag_max_s = max(rec.send_lag_max_s, lag)
             rec.late_frames += lag > LATE_FRAME_S
+            if f == per_second - 1:
+                rec.writing_last_of = k
             await ws.send_message(second[f * fb : (f + 1) * fb])
             rec.frames_sent += 1
         rec.last_frame_at[k] = sent_at

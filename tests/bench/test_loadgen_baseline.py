@@ -204,3 +204,22 @@ def test_expected_tokens_match_the_fake_stt_of_the_server() -> None:
     fake = pytest.importorskip("server.stt.fake")
     second = bytes(range(256)) * 125
     assert expected_token(7, second) == fake.fake_text(7, second)
+
+
+def test_a_token_of_a_second_not_yet_sent_is_not_a_result() -> None:
+    """A resumed conversation's merged text carries an earlier session's tokens: they count
+    as unexpected, not as this session's results (they made latencies negative and could hide
+    a loss); the real token, once its second is sent, is the one timed."""
+    from bench.loadgen.session import SessionRecord
+
+    rec = SessionRecord(0)
+    rec.expected = {0: "seg0 0000000a", 1: "seg1 0000000b"}
+    rec.last_frame_at[0] = 10.0
+    rec.see(0, "0000000a", 10.02)
+    rec.see(1, "0000000b", 10.03)  # an earlier session's seg1: second 1 is not sent yet
+    assert (rec.unexpected, sorted(rec.first_seen)) == (1, [0])
+    rec.writing_last_of = 1  # its last frame is being written: its answer may come first
+    rec.see(1, "0000000b", 11.01)
+    rec.last_frame_at[1] = 11.0
+    assert rec.latencies() == pytest.approx([0.02, 0.01])
+    assert (rec.lost(), rec.mismatched, rec.unexpected) == (0, 0, 1)
