@@ -8,7 +8,7 @@ workers to a user's live sessions, and drains every session on shutdown.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol, final
 
@@ -110,9 +110,7 @@ class SessionRegistry:
         """Forget ``session`` (idempotent)."""
         if self._sessions.pop(session.session_id, None) is None:
             return
-        self._ended_totals.update(
-            dict(zip(SESSION_COUNTERS, session.counter_values(), strict=True))
-        )
+        self._ended_totals.update(_named(session.counter_values()))
         mine = self._by_user.get(session.user_id)
         if mine is not None:
             mine.discard(session.session_id)
@@ -154,9 +152,7 @@ class SessionRegistry:
         # event loop for 1,000 sessions; these sums ~0.8 ms)
         rows = [session.counter_values() for session in self._sessions.values()]
         if rows:
-            totals.update(
-                dict(zip(SESSION_COUNTERS, map(sum, zip(*rows, strict=True)), strict=True))
-            )
+            totals.update(_named(map(sum, zip(*rows, strict=True))))
         audio = totals["vad_forwarded_bytes"] + totals["vad_skipped_bytes"]
         return SessionRegistryStatistics(
             live=len(self._sessions),
@@ -168,3 +164,8 @@ class SessionRegistry:
             totals=dict(totals),
             vad_skipped_share=totals["vad_skipped_bytes"] / audio if audio else 0.0,
         )
+
+
+def _named(values: Iterable[int]) -> dict[str, int]:
+    """Counter values in ``SESSION_COUNTERS`` order, by name."""
+    return dict(zip(SESSION_COUNTERS, values, strict=True))

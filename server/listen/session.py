@@ -83,28 +83,27 @@ FINAL_SEND_S: Final = 1.0
 #: Draining: bound on transcribing the frames already received (see ``_read_backlog``).
 BACKLOG_MAX_S: Final = 1.0
 KEEPALIVE_MAX_BYTES: Final = 2
-#: The names of :meth:`ListenSession.counters` (reported as zeros before any session ran).
-SESSION_COUNTERS: Final = (
-    "frames",
-    "bytes_in",
-    "keepalives",
-    "bad_frames",
-    "segments_sent",
-    "dropped_events",
-    "ignored_text",
-    "suggested_segments",
-    "tail_frames",
-    "vad_forwarded_bytes",
-    "vad_skipped_bytes",
-    "persisted_segments",
-    "persist_failures",
-)
-#: Where each of ``SESSION_COUNTERS`` lives on a session, read in one C call.
-_COUNTER_VALUES: Final = operator.attrgetter(
-    "frames", "bytes_in", "keepalives", "bad_frames", "segments_sent", "dropped_events",
-    "ignored_text", "suggested_segments", "tail_frames", "_gate.forwarded_bytes",
-    "_gate.skipped_bytes", "tracker.persisted_segments", "tracker.persist_failures",
-)  # fmt: skip
+#: Each counter a session reports (:meth:`ListenSession.counter_values`, summed server-wide by
+#: the registry; zeros before any session ran) and the attribute it is read from.
+_COUNTER_SOURCES: Final = {
+    "frames": "frames",
+    "bytes_in": "bytes_in",
+    "keepalives": "keepalives",
+    "bad_frames": "bad_frames",
+    "segments_sent": "segments_sent",
+    "dropped_events": "dropped_events",
+    "ignored_text": "ignored_text",
+    "suggested_segments": "suggested_segments",
+    "tail_frames": "tail_frames",
+    "vad_forwarded_bytes": "_gate.forwarded_bytes",
+    "vad_skipped_bytes": "_gate.skipped_bytes",
+    "persisted_segments": "tracker.persisted_segments",
+    "persist_failures": "tracker.persist_failures",
+}
+#: The counters' names, in the order of :meth:`ListenSession.counter_values`.
+SESSION_COUNTERS: Final = tuple(_COUNTER_SOURCES)
+#: All of them read in one C call.
+_COUNTER_VALUES: Final = operator.attrgetter(*_COUNTER_SOURCES.values())
 #: Frame arrival times kept to measure latencies (about a minute of 100 ms frames).
 ARRIVALS_KEPT: Final = 600
 MAX_TEXT_CHARS: Final = 64 * 1024
@@ -236,13 +235,9 @@ class ListenSession:
 
     # -- the registry's view ---------------------------------------------------------------
 
-    def counters(self) -> dict[str, int]:
-        """Cumulative counters of this session, named as ``SESSION_COUNTERS``."""
-        return dict(zip(SESSION_COUNTERS, self.counter_values(), strict=True))
-
     def counter_values(self) -> tuple[int, ...]:
-        """:meth:`counters`' values, in ``SESSION_COUNTERS`` order (what the registry sums:
-        a scrape of ``/v1/stats`` or ``/metrics`` reads every live session)."""
+        """Cumulative counters of this session, in ``SESSION_COUNTERS`` order (what the
+        registry sums: a scrape of ``/v1/stats`` or ``/metrics`` reads every live session)."""
         values: tuple[int, ...] = _COUNTER_VALUES(self)
         return values
 
