@@ -38,7 +38,6 @@ from ._http import (
     HttpTargetStatistics as HttpTargetStatistics,
     open_http_lane as open_http_lane,
     parse_retry_after as parse_retry_after,
-    target_key as target_key,
 )
 from ._lag import (
     LoopLagMonitor as LoopLagMonitor,
@@ -56,6 +55,7 @@ from ._process import (
     open_process_lane as open_process_lane,
 )
 from ._stats import LatencyWindow as LatencyWindow
+from ._targets import target_key as target_key, target_label as target_label
 from ._thread import ThreadLane as ThreadLane, ThreadLaneStatistics as ThreadLaneStatistics
 
 __all__ = [
@@ -97,4 +97,5 @@ __all__ = [
     "parse_retry_after",
     "start_latest_consumer",
     "target_key",
+    "target_label",
 ]

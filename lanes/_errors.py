@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from ._targets import target_label
+
 __all__ = [
     "BreakerOpenError",
     "LaneClosedError",
@@ -101,10 +103,11 @@ class UpstreamError(LaneError):
 
     Attributes:
         target: ``scheme://host:port/path`` of the endpoint (no query string, no credentials).
+            The message names it by its label only (the path is a digest: it may be a secret).
     """
 
     def __init__(self, target: str, message: str) -> None:
-        super().__init__(f"{target}: {message}")
+        super().__init__(f"{target_label(target)}: {message}")
         self.target = target
 
 

@@ -40,6 +40,7 @@ from ._errors import (
     UpstreamTimeoutError,
 )
 from ._stats import LatencyWindow
+from ._targets import target_key, target_label
 
 __all__ = [
     "DEFAULT_CLIENT_ERROR_STATUSES",
@@ -50,7 +51,6 @@ __all__ = [
     "HttpTargetStatistics",
     "open_http_lane",
     "parse_retry_after",
-    "target_key",
 ]
 
 #: Statuses that mean "our request was wrong", not "the target is sick": they are raised as
@@ -59,7 +59,6 @@ __all__ = [
 DEFAULT_CLIENT_ERROR_STATUSES: Final = frozenset({400, 401, 403, 404, 405, 409, 410, 413, 415, 422})
 #: Shielded budget for closing the client's connections when the lane ends.
 CLOSE_BUDGET_S: Final = 5.0
-_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +140,7 @@ class HttpTargetStatistics:
     """A snapshot of one target of an :class:`HttpLane`.
 
     Attributes:
-        target: the target key (``scheme://host:port/path``, or the caller's ``target=``).
+        target: the target's label (:func:`~lanes._targets.target_label`: its path is a digest).
         state: its breaker's state.
         in_flight: requests for it past the breaker (waiting for a slot or running).
         waiting: requests waiting for one of its bulkhead slots.
@@ -179,7 +178,7 @@ class HttpLaneStatistics:
         latency_p50_s: median time to a complete answer (any status; recent window).
         latency_p99_s: 99th percentile of that time.
         latency_max_s: the longest ever seen.
-        targets: per-target snapshots, by target key.
+        targets: per-target snapshots, by target label (never a path: see ``lanes._targets``).
     """
 
     name: str
@@ -233,7 +232,7 @@ class _Target:
     def __init__(self, key: str, settings: HttpLaneSettings) -> None:
         self.key = key
         self.breaker = CircuitBreaker(
-            key,
+            target_label(key),
             failure_threshold=settings.failure_threshold,
             failure_rate_threshold=settings.failure_rate_threshold,
             window_size=settings.window_size,
@@ -249,7 +248,7 @@ class _Target:
     def statistics(self) -> HttpTargetStatistics:
         breaker = self.breaker.statistics()
         return HttpTargetStatistics(
-            target=self.key,
+            target=self.breaker.name,
             state=breaker.state,
             in_flight=self.in_flight,
             waiting=self.limiter.statistics().tasks_waiting,
@@ -294,7 +293,7 @@ class _Registry:
         self._touch(target)
 
     def snapshot(self) -> dict[str, HttpTargetStatistics]:
-        return {key: target.statistics() for key, target in self._targets.items()}
+        return {target.breaker.name: target.statistics() for target in self._targets.values()}
 
     def _touch(self, target: _Target) -> None:
         target.last_used = trio.current_time()
@@ -532,23 +531,6 @@ async def open_http_lane(
         lane._closed = True
         with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_BUDGET_S):
             await client.aclose()
-
-
-def target_key(url: str) -> str:
-    """Return ``scheme://host:port/path`` of ``url``: no credentials, query, or fragment.
-
-    Raises:
-        ValueError: ``url`` is not an absolute http(s) URL.
-    """
-    try:
-        parsed = httpx.URL(url)
-    except httpx.InvalidURL as exc:
-        raise ValueError(f"invalid URL: {exc}") from exc
-    if parsed.scheme not in _DEFAULT_PORTS or not parsed.host:
-        raise ValueError(f"not an absolute http(s) URL: {parsed.scheme}://{parsed.host}")
-    port = parsed.port or _DEFAULT_PORTS[parsed.scheme]
-    host = f"[{parsed.host}]" if ":" in parsed.host else parsed.host
-    return f"{parsed.scheme}://{host}:{port}{parsed.path}"
 
 
 def parse_retry_after(value: str | None) -> float | None:

@@ -31,6 +31,7 @@ from lanes import (
     open_http_lane,
     parse_retry_after,
     target_key,
+    target_label,
 )
 from tests.fakes.http_targets import HttpTargets, open_http_targets
 
@@ -102,7 +103,7 @@ async def test_client_errors_do_not_count_against_the_target(
         for _ in range(5):
             with pytest.raises(UpstreamStatusError):
                 await lane.request("GET", targets.url("/410"))
-    stats = lane.statistics().targets[target_key(targets.url("/410"))]
+    stats = lane.statistics().targets[_label(targets.url("/410"))]
     assert (stats.state, stats.failed, stats.breaker.failures) == (BreakerState.CLOSED, 5, 0)
 
 
@@ -157,7 +158,7 @@ async def test_breaker_opens_then_fails_fast_without_sending(
         assert (await lane.request("GET", targets.url("/ok"))).status == 200  # other targets flow
     stats = lane.statistics()
     assert (stats.requests, stats.failed, stats.rejected_breaker, stats.succeeded) == (9, 3, 5, 1)
-    assert stats.targets[target_key(targets.url("/500"))].state is BreakerState.OPEN
+    assert stats.targets[_label(targets.url("/500"))].state is BreakerState.OPEN
 
 
 async def test_hanging_target_does_not_delay_healthy_ones(targets: HttpTargets) -> None:
@@ -170,7 +171,7 @@ async def test_hanging_target_does_not_delay_healthy_ones(targets: HttpTargets) 
             for _ in range(12):
                 nursery.start_soon(_ignore_errors, lane, targets.url("/hang"))
             await targets.wait_for_count("/hang", 2)
-            hang = lane.statistics().targets[target_key(targets.url("/hang"))]
+            hang = lane.statistics().targets[_label(targets.url("/hang"))]
             assert (hang.in_flight, hang.waiting, hang.rejected_full) == (12, 10, 0)
             started = trio.current_time()
             for _ in range(20):
@@ -181,8 +182,8 @@ async def test_hanging_target_does_not_delay_healthy_ones(targets: HttpTargets) 
             nursery.cancel_scope.cancel()
     assert targets.count("/hang") == 2
     stats = lane.statistics()
-    assert stats.targets[target_key(targets.url("/hang"))].cancelled == 12
-    assert stats.targets[target_key(targets.url("/hang"))].breaker.failures == 0
+    assert stats.targets[_label(targets.url("/hang"))].cancelled == 12
+    assert stats.targets[_label(targets.url("/hang"))].breaker.failures == 0
 
 
 async def _ignore_errors(lane: HttpLane, url: str) -> None:
@@ -321,7 +322,7 @@ async def test_registry_is_bounded_and_evicts_least_recent(
         for path in ("/1", "/2", "/3", "/1", "/4"):
             await lane.request("GET", f"http://t.test{path}")
         keys = set(lane.statistics().targets)
-    assert keys == {"http://t.test:80/1", "http://t.test:80/3", "http://t.test:80/4"}
+    assert keys == {_label(f"http://t.test/{n}") for n in (1, 3, 4)}
 
 
 async def test_registry_forgets_idle_targets(autojump_clock: trio.testing.MockClock) -> None:
@@ -335,7 +336,7 @@ async def test_registry_forgets_idle_targets(autojump_clock: trio.testing.MockCl
         await trio.sleep(700)
         await lane.request("GET", "http://t.test/new")
         keys = set(lane.statistics().targets)
-    assert keys == {"http://t.test:80/recent", "http://t.test:80/new"}
+    assert keys == {_label("http://t.test/recent"), _label("http://t.test/new")}
 
 
 async def test_registry_never_evicts_a_busy_target(autojump_clock: trio.testing.MockClock) -> None:
@@ -351,7 +352,7 @@ async def test_registry_never_evicts_a_busy_target(autojump_clock: trio.testing.
         with pytest.raises(LaneFullError):
             await lane.request("GET", "http://t.test/other")
         release.set()
-    assert set(lane.statistics().targets) == {"http://t.test:80/busy"}
+    assert set(lane.statistics().targets) == {_label("http://t.test/busy")}
     assert lane.statistics().rejected_full == 1
 
 
@@ -384,6 +385,38 @@ def test_target_key_strips_credentials_query_and_fragment() -> None:
     assert target_key("http://user:pw@Example.COM/a/b?q=1#f") == "http://example.com:80/a/b"
     assert target_key("https://x.test") == "https://x.test:443/"
     assert target_key("http://[::1]:8080/p?x=1") == "http://[::1]:8080/p"
+
+
+def _label(url: str) -> str:
+    return target_label(target_key(url))
+
+
+def test_a_target_is_shown_without_its_path() -> None:
+    secret = "https://hooks.test/services/T0/B0/Xk2sEcReT"
+    label = target_label(target_key(secret))
+    assert label.startswith("https://hooks.test:443/~") and "sEcReT" not in label
+    assert label == target_label(target_key(secret + "?q=1"))  # the key's own rules apply
+    assert label != target_label(target_key("https://hooks.test/services/T0/B0/other"))
+    assert target_label("https://x.test:443/") == "https://x.test:443/"
+    assert target_label("app-7") == "app-7"  # a caller's own name for a target
+
+
+async def test_statistics_and_errors_never_carry_a_path(targets: HttpTargets) -> None:
+    """The key isolates each path; what leaves the lane as text names the host only."""
+    settings = HttpLaneSettings(failure_threshold=1, minimum_calls=1, open_duration_s=60)
+    url = targets.url("/500?token=q")
+    async with open_http_lane("w", settings) as lane:
+        with trio.fail_after(NETWORK_DEADLINE_S):
+            with pytest.raises(UpstreamStatusError) as failed:
+                await lane.request("POST", url)
+            with pytest.raises(BreakerOpenError) as refused:
+                await lane.request("POST", url)
+        stats = lane.statistics()
+    assert failed.value.target == target_key(url)  # for code: the key itself
+    texts = [str(failed.value), str(refused.value), repr(stats)]
+    assert all("/500" not in text and "token" not in text for text in texts)
+    assert list(stats.targets) == [_label(url)]
+    assert stats.targets[_label(url)].breaker.name == _label(url)
 
 
 def test_parse_retry_after() -> None:

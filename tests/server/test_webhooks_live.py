@@ -8,10 +8,11 @@ from collections.abc import Callable
 import httpx
 import trio
 
+from lanes import target_key, target_label
 from server.settings import Settings
 from server.stt.fake import fake_text
 from server.testing import RATE, frames, open_listen, pcm
-from tests.conftest import auth, create_user_token, start_server
+from tests.conftest import ADMIN_TOKEN, auth, create_user_token, start_server
 from tests.fakes.receivers import json_reply, open_receivers
 from tests.server.test_webhooks_api import insert_processing_conversation
 
@@ -64,6 +65,7 @@ async def test_a_live_session_feeds_webhooks_and_gets_their_events(
                 )
                 await ws.read_until(lambda r: "memory_created" in r.event_types())
                 await rx.wait_for_count("/audio", 2)
+            shown = (await client.get("/v1/stats", headers=auth(ADMIN_TOKEN))).text
     expected = " ".join(fake_text(i, audio[i * SECOND : (i + 1) * SECOND]) for i in range(3))
     assert received.joined() == expected  # the session itself is unaffected by the hanging hooks
     assert rt_lag_s < 1.0
@@ -79,5 +81,8 @@ async def test_a_live_session_feeds_webhooks_and_gets_their_events(
     assert all(len(q.body) == SECOND for q in rx.on("/audio"))
     assert all(q.query["sample_rate"] == ["16000"] for q in rx.on("/audio"))
     assert len(rx.on("/hang")) == 6
+    # A webhook URL's path may be its secret: the operator's statistics show a digest of it.
+    assert target_label(target_key(rx.url("/hang"))) in shown
+    assert all(rx.url(path) not in shown for path in ("/hang", "/rt", "/app", "/audio"))
     stats = server.context.stats["webhooks_realtime"]()
     assert stats.sent >= 3  # type: ignore[attr-defined]
