@@ -79,9 +79,9 @@ def test_a_generator_bound_step_never_decides_a_figure() -> None:
     assert best_under(runs, 1.0) == 10
 
 
-def _cpu(figure: float | None, lost: int = 0) -> dict[str, Any]:
+def _cpu(figure: float | None, lost: int = 0, p99_s: float = 0.02) -> dict[str, Any]:
     return {"sessions": 150, "server_cpu_per_session_s": figure, "generator_bound": False,
-            "lost": lost}  # fmt: skip
+            "lost": lost, "p99_s": p99_s}  # fmt: skip
 
 
 def test_cpu_figure_is_the_median_of_its_samples() -> None:
@@ -110,6 +110,8 @@ def test_report_from_a_tiny_fixture(tmp_path: Path) -> None:
     }
     p1["trioscribe"]["cpu"] = cpu_summary([_cpu(0.01), _cpu(0.012), _cpu(0.008)])
     p1["trioscribe"]["cpu"]["pair_ratios"] = [0.5, 0.4, 0.8]
+    fixed = cpu_summary([_cpu(0.006, p99_s=0.3), _cpu(0.007, p99_s=0.31), _cpu(0.005)])
+    p1["trioscribe"]["cpu"]["fixed_tick"] = {**fixed, "tick_ms": 300, "pair_ratios": [0.3, 0.35]}
     p3 = {"trioscribe": {"exit_s": 1.0, "conversations_lost": 0, "connected": 5},
           "baseline": {"exit_s": 0.5, "conversations_lost": 2, "connected": 5}}  # fmt: skip
     (tmp_path / "P1.json").write_text(json.dumps(p1))
@@ -124,6 +126,13 @@ def test_report_from_a_tiny_fixture(tmp_path: Path) -> None:
         "- P1 CPU row: median of 3 samples per server at 150 sessions, alternated between "
         "the servers (fresh server each); range trioscribe 8.00-12.00, baseline "
         "10.00-30.00 ms; trioscribe/baseline within each pair: 0.50x, 0.40x, 0.80x."
+    ) in text
+    assert "| P1 | the same, trioscribe's read tick fixed at 300 ms (3) | 6 | 20 | 0.30x |" in text
+    assert (
+        "- (3) At this load trioscribe's read tick is at its 20 ms minimum: it spends CPU on "
+        "latency (median p99 frame->segment 20 ms; the baseline's 20 ms). Fixed at 300 ms, its "
+        "value under load, trioscribe's p99 is 300 ms; same rounds, trioscribe/baseline: "
+        "0.30x, 0.35x."
     ) in text
     assert "| P3 | time from SIGTERM to exit, s | 1 | 0.50 | 2.00x | lower |" in text
     assert "Not run (no JSON): P2, P4, P1M, STT." in text
