@@ -179,6 +179,9 @@ def _notes(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
         if data.get("generator_bound_steps"):
             notes.append(f"- P1M {server}: generator-bound at {data['generator_bound_steps']} "
                          "sessions (a frame > 50 ms late): those steps decide no figure.")  # fmt: skip
+        notes += [f"- P1M {server}: the {r['sessions']} step was generator-bound "
+                  f"({r['late_frames']} late frames) and ran again; the second run counts."
+                  for r in data.get("rerun_generator_bound", [])]  # fmt: skip
         if data.get("server_processes_changed"):
             notes.append(f"- P1M {server}: its worker processes changed between steps "
                          "(a worker died and was restarted).")  # fmt: skip

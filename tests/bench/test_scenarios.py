@@ -218,3 +218,15 @@ async def test_generator_prefix_takes_only_a_higher_priority() -> None:
         assert await generator_prefix([("false",), ("env",), ("nice", "-n", "5")]) == ()
         if os.geteuid() == 0:  # CI runs as root: real-time FIFO is granted
             assert await generator_prefix([("env",), ("chrt", "-f", "1")]) == ("chrt", "-f", "1")
+
+
+def test_a_p1m_step_that_ran_again_is_noted() -> None:
+    p1m = {"trioscribe": {"runs": [_run(100, 0.03)], "max_sessions_p99_1s": 100,
+                          "rerun_generator_bound": [_run(100, 0.05, late=2)]},
+           "baseline": {"runs": [_run(100, 0.6)], "max_sessions_p99_1s": 100}}  # fmt: skip
+    text = table({"P1M": p1m})
+    assert (
+        "- P1M trioscribe: the 100 step was generator-bound (2 late frames) and ran again; "
+        "the second run counts."
+    ) in text
+    assert "P1M baseline: the" not in text
