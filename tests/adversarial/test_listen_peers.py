@@ -167,7 +167,8 @@ async def _canary(server: ServerHandle, token: str, latencies: list[float]) -> N
 async def test_a_frame_flood_is_closed_1008_and_a_canary_keeps_its_latency(
     nursery: trio.Nursery, make_settings: Callable[..., Settings]
 ) -> None:
-    server = await start_server(nursery, make_settings(max_sessions_per_user=8))
+    settings = make_settings(max_sessions_per_user=8)
+    server = await start_server(nursery, settings)
     flooder, member = await _token(server, "mallory"), await _token(server, "alice")
     quiet: list[float] = []
     with trio.fail_after(20):
@@ -183,7 +184,10 @@ async def test_a_frame_flood_is_closed_1008_and_a_canary_keeps_its_latency(
             stop.set()
     assert closes and set(closes) == {1008}, closes
     assert len(loud) == len(quiet) == 3
-    assert max(loud) < max(0.5, 5 * max(quiet)), (quiet, loud)
+    # The flood loads this process (server and flooders share its loop), so the read tick grows
+    # towards its maximum: under load a frame may wait one whole tick before it is read.
+    tick_s = settings.listen_read_tick_ms / 1000
+    assert max(loud) < max(0.5, 5 * max(quiet)) + tick_s, (quiet, loud)
 
 
 @pytest.mark.slow
