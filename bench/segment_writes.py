@@ -29,7 +29,7 @@ from server.store._conversations import create_conversation, save_segments_batch
 from server.store._pool import connect
 from server.store._tx import new_id
 from server.store._users import create_user
-from server.store.migrations import apply_migrations
+from server.store.migrations import _SQL_CONVERSATIONS, apply_migrations
 
 ACTIVE: Final = 1200
 BATCH: Final = 100
@@ -40,24 +40,16 @@ FINISHED_TEXT: Final = "seg1 0123abcd " * 38
 #: The current segment keeps at most this many characters (it grows, then slides).
 LIVE_CHARS: Final = 560
 
-_ROWID_LAYOUT: Final = """
-DROP TABLE transcript_segments;
-CREATE TABLE transcript_segments (
-    conversation_id  TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
-    id               TEXT NOT NULL,
-    idx              INTEGER NOT NULL,
-    text             TEXT NOT NULL,
-    speaker          TEXT NOT NULL,
-    speaker_id       INTEGER NOT NULL,
-    is_user          INTEGER NOT NULL,
-    person_id        TEXT,
-    start_s          REAL NOT NULL,
-    end_s            REAL NOT NULL,
-    stt_provider     TEXT,
-    UNIQUE (conversation_id, id)
-);
-CREATE INDEX transcript_segments_in_order ON transcript_segments(conversation_id, idx);
-"""
+
+def _rowid_layout() -> str:
+    """The shipped ``transcript_segments`` DDL, as a rowid table with a unique key instead."""
+    table = _SQL_CONVERSATIONS[_SQL_CONVERSATIONS.index("CREATE TABLE transcript_segments") :]
+    clustered = "PRIMARY KEY (conversation_id, id)\n) WITHOUT ROWID;"
+    if clustered not in table:
+        raise RuntimeError("transcript_segments changed: update the rowid experiment")
+    return "DROP TABLE transcript_segments;\n" + table.replace(
+        clustered, "UNIQUE (conversation_id, id)\n);"
+    )
 
 
 def _segment(conversation_id: str, segment_id: str, idx: int, text: str) -> SegmentRow:
@@ -78,7 +70,7 @@ def measure(
         try:
             apply_migrations(conn)
             if layout == "rowid":
-                conn.executescript(_ROWID_LAYOUT)
+                conn.executescript(_rowid_layout())
             now = time.time()
             users = [create_user(conn, f"u{i}", now).id for i in range(active)]
             conversations = [

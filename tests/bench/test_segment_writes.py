@@ -18,3 +18,9 @@ def test_the_table_has_a_row_per_run() -> None:
     runs = [segment_writes.measure("shipped", h, active=4, batch=2, rounds=2) for h in (0, 1)]
     text = segment_writes.table({"runs": runs})
     assert text.count("\n| shipped |") == 2
+
+
+def test_the_rowid_experiment_is_the_shipped_table_unclustered() -> None:
+    ddl = segment_writes._rowid_layout()
+    assert "WITHOUT ROWID" not in ddl and "UNIQUE (conversation_id, id)" in ddl
+    assert "transcript_segments_in_order" in ddl  # the index the drop removed comes back
