@@ -435,7 +435,7 @@ class HttpLane:
         stats = entry.limiter.statistics()
         busy = stats.borrowed_tokens >= stats.total_tokens
         if busy and stats.tasks_waiting >= self.settings.per_target_max_waiting:
-            raise LaneFullError(entry.key, stats.tasks_waiting)
+            raise LaneFullError(entry.breaker.name, stats.tasks_waiting)
 
     async def _send(self, entry: _Target, permit: BreakerPermit, request: _Request) -> HttpResponse:
         started = trio.current_time()

@@ -177,9 +177,10 @@ async def test_hanging_target_does_not_delay_healthy_ones(targets: HttpTargets) 
             for _ in range(20):
                 assert (await lane.request("GET", targets.url("/ok"))).status == 200
             assert trio.current_time() - started < 5  # typically a few ms
-            with pytest.raises(LaneFullError):  # the 13th hang caller is shed at once
+            with pytest.raises(LaneFullError) as shed:  # the 13th hang caller is shed at once
                 await lane.request("GET", targets.url("/hang"))
             nursery.cancel_scope.cancel()
+    assert _label(targets.url("/hang")) in str(shed.value) and "/hang" not in str(shed.value)
     assert targets.count("/hang") == 2
     stats = lane.statistics()
     assert stats.targets[_label(targets.url("/hang"))].cancelled == 12
