@@ -231,8 +231,9 @@ class _Target:
 
     def __init__(self, key: str, settings: HttpLaneSettings) -> None:
         self.key = key
+        self.label = target_label(key)  # what leaves the lane as text (never the path)
         self.breaker = CircuitBreaker(
-            target_label(key),
+            self.label,
             failure_threshold=settings.failure_threshold,
             failure_rate_threshold=settings.failure_rate_threshold,
             window_size=settings.window_size,
@@ -248,7 +249,7 @@ class _Target:
     def statistics(self) -> HttpTargetStatistics:
         breaker = self.breaker.statistics()
         return HttpTargetStatistics(
-            target=self.breaker.name,
+            target=self.label,
             state=breaker.state,
             in_flight=self.in_flight,
             waiting=self.limiter.statistics().tasks_waiting,
@@ -293,7 +294,7 @@ class _Registry:
         self._touch(target)
 
     def snapshot(self) -> dict[str, HttpTargetStatistics]:
-        return {target.breaker.name: target.statistics() for target in self._targets.values()}
+        return {target.label: target.statistics() for target in self._targets.values()}
 
     def _touch(self, target: _Target) -> None:
         target.last_used = trio.current_time()
@@ -435,7 +436,7 @@ class HttpLane:
         stats = entry.limiter.statistics()
         busy = stats.borrowed_tokens >= stats.total_tokens
         if busy and stats.tasks_waiting >= self.settings.per_target_max_waiting:
-            raise LaneFullError(entry.breaker.name, stats.tasks_waiting)
+            raise LaneFullError(entry.label, stats.tasks_waiting)
 
     async def _send(self, entry: _Target, permit: BreakerPermit, request: _Request) -> HttpResponse:
         started = trio.current_time()
